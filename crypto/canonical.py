@@ -1,0 +1,174 @@
+"""Canonical JSON (RFC 8785) for the shapes Tally signs, and the strict parser for outside input.
+
+Layer: crypto (pure). Owns the one byte form every signature, hash and log entry is computed
+over, and the one way bytes from outside become Python values.
+
+We sign only a subset of JSON, which keeps RFC 8785 simple and exact:
+- integers only, within ±(2^53 − 1) (the range every JSON implementation represents exactly),
+  so RFC 8785's ECMAScript number serialisation reduces to plain decimal integers;
+- object keys are ASCII, so sorting by UTF-16 code units equals sorting Python ``str``;
+- strings are valid Unicode (no lone surrogates), written as UTF-8 with only the escapes
+  RFC 8785 requires.
+
+The parser refuses what canonical form could not represent — floats, NaN, duplicate keys,
+integers out of range, non-ASCII keys — each with its own error code, so a refusal says
+exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MAX_SAFE_INTEGER = 2**53 - 1
+
+JSONValue = Any  # dict[str, JSONValue] | list[JSONValue] | str | int | bool | None
+
+
+class CanonicalError(ValueError):
+    """Input that is not in Tally's JSON subset. ``code`` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+def _escape_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        esc = _ESCAPES.get(ch)
+        if esc is not None:
+            out.append(esc)
+        elif ch < " ":
+            out.append(f"\\u{ord(ch):04x}")
+        elif "\ud800" <= ch <= "\udfff":
+            raise CanonicalError("invalid_string", "strings must be valid Unicode (lone surrogate)")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _write(value: JSONValue, out: list[str]) -> None:
+    # bool before int: bool is a subclass of int in Python.
+    if value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise CanonicalError(
+                "integer_out_of_range", f"integer {value} is outside ±(2^53−1)"
+            )
+        out.append(str(value))
+    elif isinstance(value, str):
+        out.append(_escape_string(value))
+    elif isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str) or not key.isascii():
+                raise CanonicalError("invalid_key", f"object keys must be ASCII strings: {key!r}")
+        out.append("{")
+        for i, key in enumerate(sorted(value)):
+            if i:
+                out.append(",")
+            out.append(_escape_string(key))
+            out.append(":")
+            _write(value[key], out)
+        out.append("}")
+    elif isinstance(value, (list, tuple)):
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _write(item, out)
+        out.append("]")
+    elif isinstance(value, float):
+        raise CanonicalError("float_not_allowed", "numbers must be integers")
+    else:
+        raise CanonicalError("invalid_value", f"cannot encode {type(value).__name__} as JSON")
+
+
+def canonical_json(value: JSONValue) -> bytes:
+    """The RFC 8785 form of ``value`` as UTF-8 bytes."""
+    out: list[str] = []
+    _write(value, out)
+    return "".join(out).encode("utf-8")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise CanonicalError("duplicate_key", f"duplicate key {key!r} in JSON object")
+        if not key.isascii():
+            raise CanonicalError("invalid_key", f"object keys must be ASCII: {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_float(text: str) -> Any:
+    raise CanonicalError("float_not_allowed", f"numbers must be integers, got {text}")
+
+
+def _no_constant(text: str) -> Any:
+    raise CanonicalError("float_not_allowed", f"{text} is not allowed")
+
+
+def _bounded_int(text: str) -> int:
+    # Refuse before converting: a 100,000-digit integer is a denial of service, not an amount.
+    if len(text.lstrip("-")) > 16:
+        raise CanonicalError("integer_out_of_range", "integer is outside ±(2^53−1)")
+    value = int(text)
+    if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        raise CanonicalError("integer_out_of_range", f"integer {value} is outside ±(2^53−1)")
+    return value
+
+
+def _check_strings(value: JSONValue) -> None:
+    if isinstance(value, str):
+        _escape_string(value)  # raises on lone surrogates
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
+def parse_json(data: bytes | str) -> JSONValue:
+    """Parse JSON from outside, strictly: no floats, no duplicate keys, safe integers only."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CanonicalError("invalid_json", "body is not valid UTF-8") from exc
+    else:
+        text = data
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
+    except CanonicalError:
+        raise
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CanonicalError("invalid_json", f"body is not valid JSON: {exc}") from exc
+    _check_strings(value)
+    return value

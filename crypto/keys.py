@@ -1,0 +1,183 @@
+"""Ed25519 keys, their text forms, key ids, key files, and signatures over canonical JSON.
+
+Layer: crypto (pure, except the two key-file functions, which read and write one file).
+
+Text forms:
+- a public key is written as 43 characters of unpadded base64url of its 32 bytes, the form
+  members paste into ``tally member admit``;
+- a key id is the first 8 bytes of SHA-256 of the public key, in lowercase hex; it names
+  the intended recipient of a signed request and shows up in logs, never as proof;
+- a key file holds the secret seed in the C2SP signed-note private-key form
+  ``PRIVATE+KEY+<name>+<hash>+<base64(0x01 ‖ seed)>``, so Go's ``note`` package and ours read
+  each other's keys. Key files are created mode 0600 and refused when others can read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from crypto.canonical import JSONValue, canonical_json
+
+ALG_ED25519 = 0x01
+
+
+class KeyFormatError(ValueError):
+    """A key, key file or signature encoding that is malformed. ``code`` is stable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def from_b64url(text: str, length: int | None = None) -> bytes:
+    if not isinstance(text, str) or not text.isascii() or "=" in text:
+        raise KeyFormatError("invalid_encoding", "expected unpadded base64url text")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise KeyFormatError("invalid_encoding", "expected unpadded base64url text") from exc
+    if b64url(data) != text:  # refuse non-canonical encodings: one value, one spelling
+        raise KeyFormatError("invalid_encoding", "non-canonical base64url")
+    if length is not None and len(data) != length:
+        raise KeyFormatError("invalid_encoding", f"expected {length} bytes, got {len(data)}")
+    return data
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise KeyFormatError("invalid_key", "an Ed25519 public key is 32 bytes")
+
+    @classmethod
+    def parse(cls, text: str) -> PublicKey:
+        try:
+            return cls(from_b64url(text, 32))
+        except KeyFormatError as exc:
+            raise KeyFormatError("invalid_key", f"not a public key: {exc.message}") from exc
+
+    @property
+    def text(self) -> str:
+        return b64url(self.raw)
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(self.raw).digest()[:8].hex()
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        try:
+            nacl.signing.VerifyKey(self.raw).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, repr=False)
+class SecretKey:
+    """An Ed25519 signing key. ``repr`` never shows the seed, so it cannot leak into logs."""
+
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != 32:
+            raise KeyFormatError("invalid_key", "an Ed25519 seed is 32 bytes")
+
+    @classmethod
+    def from_random(cls, random_bytes: bytes) -> SecretKey:
+        """Make a key from 32 bytes of randomness the caller draws (``os.urandom(32)``)."""
+        return cls(random_bytes)
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(bytes(nacl.signing.SigningKey(self.seed).verify_key))
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(nacl.signing.SigningKey(self.seed).sign(message).signature)
+
+    def __repr__(self) -> str:
+        return f"SecretKey(public={self.public.text})"
+
+
+def note_key_hash(name: str, public: PublicKey) -> bytes:
+    """The 4-byte key hash of C2SP signed-note: SHA-256(name ‖ LF ‖ 0x01 ‖ key)[:4]."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public.raw).digest()[:4]
+
+
+def _check_key_name(name: str) -> None:
+    if not name or "+" in name or any(c.isspace() for c in name) or not name.isprintable():
+        raise KeyFormatError("invalid_key_name", f"key name {name!r} must be non-empty, no '+' or space")
+
+
+def encode_secret_key(name: str, key: SecretKey) -> str:
+    _check_key_name(name)
+    body = base64.b64encode(bytes([ALG_ED25519]) + key.seed).decode()
+    return f"PRIVATE+KEY+{name}+{note_key_hash(name, key.public).hex()}+{body}"
+
+
+def decode_secret_key(text: str) -> tuple[str, SecretKey]:
+    parts = text.strip().split("+", 4)
+    if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
+        raise KeyFormatError("invalid_key_file", "not a PRIVATE+KEY+<name>+<hash>+<key> line")
+    name, hash_hex, body = parts[2], parts[3], parts[4]
+    _check_key_name(name)
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except ValueError as exc:
+        raise KeyFormatError("invalid_key_file", "key material is not base64") from exc
+    if len(raw) != 33 or raw[0] != ALG_ED25519:
+        raise KeyFormatError("invalid_key_file", "only Ed25519 keys (algorithm 1) are supported")
+    key = SecretKey(raw[1:])
+    if note_key_hash(name, key.public).hex() != hash_hex:
+        raise KeyFormatError("invalid_key_file", "key hash does not match the key: file is damaged")
+    return name, key
+
+
+def write_key_file(path: Path, name: str, key: SecretKey) -> None:
+    """Create ``path`` with mode 0600; never overwrite an existing key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_secret_key(name, key) + "\n")
+
+
+def read_key_file(path: Path) -> tuple[str, SecretKey]:
+    """Read a key file, refusing one that group or others may read."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFormatError(
+            "key_file_too_open",
+            f"{path} is readable by other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}",
+        )
+    return decode_secret_key(path.read_text())
+
+
+def sign_object(key: SecretKey, obj: JSONValue) -> str:
+    """Sign the RFC 8785 form of ``obj``; the signature as unpadded base64url."""
+    return b64url(key.sign(canonical_json(obj)))
+
+
+def verify_object(public: PublicKey, obj: JSONValue, signature: str) -> bool:
+    try:
+        raw = from_b64url(signature, 64)
+    except KeyFormatError:
+        return False
+    return public.verify(canonical_json(obj), raw)

@@ -1,0 +1,446 @@
+"""The HTTP API, version 1: thin handlers over ``node.service.Node``.
+
+Layer: node. Each handler parses (strictly), authenticates, hands the work to the node and
+shapes the answer. Refusals are raised as ``Problem`` and rendered at one boundary
+(``node.problems``). The OpenAPI document (``node.openapi``) describes every route here, and
+a test keeps the two in step.
+
+Public: ``/v1/health``, ``/v1/info``, ``/v1/openapi.json``, ``/problems/{code}``.
+Signed in the body (a member's or stewards' signature over the message itself):
+``POST /v1/transfers``, ``POST /v1/transfers/batch``, ``POST /v1/acts``.
+Signed requests (HTTP message signature by a member's or steward's key): every other read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from crypto.canonical import parse_json
+from crypto.httpsig import verify_request
+from crypto.keys import PublicKey
+from protocol.codes import ResultCode
+from protocol.ledger import Outcome, memo_hash
+from protocol.messages import (
+    HEX32_RE,
+    MAX_MEMO_BYTES,
+    STEWARD_ACT_TYPES,
+    MessageError,
+    Signed,
+    Transfer,
+    check_fields,
+    handle as check_handle,
+    parse_log_entry,
+    parse_signed,
+    text,
+)
+from node import storage
+from node.openapi import openapi_document
+from node.problems import Problem, problem_middleware
+from node.ratelimit import RateLimiter
+from node.service import Node
+from node.writer import EventRequest, Memo
+
+NODE = web.AppKey("node", Node)
+LIMITER = web.AppKey("limiter", RateLimiter)
+
+TRANSFER_TYPES = frozenset({"transfer"})
+JSON_TYPES = ("application/json", "application/problem+json")
+
+
+# --- request helpers ----------------------------------------------------------------------
+
+
+async def read_body(request: web.Request, cap: int) -> bytes:
+    if request.content_length is not None and request.content_length > cap:
+        raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+    data = bytearray()
+    while chunk := await request.content.read(65536):
+        data += chunk
+        if len(data) > cap:
+            raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+    return bytes(data)
+
+
+async def read_json(request: web.Request, cap: int) -> Any:
+    if request.content_type not in JSON_TYPES:
+        raise Problem(
+            ResultCode.unsupported_media_type,
+            f"send the body as application/json, not {request.content_type or 'nothing'}",
+        )
+    return parse_json(await read_body(request, cap))
+
+
+def limit_rate(request: web.Request, key: str, cost: float = 1.0) -> None:
+    wait = request.app[LIMITER].take(key, cost)
+    if wait > 0:
+        seconds = max(1, int(wait + 0.999))
+        raise Problem(
+            ResultCode.rate_limited,
+            f"too many requests from this key; retry in {seconds}s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+@dataclass(frozen=True)
+class Reader:
+    key: PublicKey
+    handle: str | None
+    steward: bool
+
+
+async def authenticate(request: web.Request) -> Reader:
+    """Check a signed read: signature, recipient, freshness, nonce, and who the signer is."""
+    node = request.app[NODE]
+    body = await read_body(request, node.config.api.max_body_bytes)
+    now = node.clock_ms() // 1000
+    skew = node.config.api.request_skew_seconds
+    verified = verify_request(
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        recipient_key_id=node.node_key.public.key_id,
+        now=now,
+        max_skew=skew,
+    )
+    state = node.ledger
+    handle = state.key_owner(verified.signer)
+    steward = verified.signer in state.stewards
+    if handle is None and not steward:
+        raise Problem(
+            ResultCode.unknown_signer,
+            "the signing key belongs to no member or steward of this collective",
+        )
+    limit_rate(request, verified.signer.text)
+    assert node.writer is not None
+    if not await node.writer.remember_nonce(verified.nonce, verified.created + skew):
+        raise Problem(ResultCode.replayed_request, "this signed request was already used")
+    return Reader(verified.signer, handle, steward)
+
+
+def may_read_account(request: web.Request, reader: Reader, handle: str) -> None:
+    node = request.app[NODE]
+    if reader.steward or reader.handle == handle:
+        return
+    if node.config.ledger.books == "open" and reader.handle is not None:
+        return
+    raise Problem(
+        ResultCode.forbidden,
+        "this collective keeps balances private: members may read only their own account",
+    )
+
+
+def receipt(signed: Signed, outcome: Outcome) -> dict[str, Any]:
+    msg = signed.msg
+    out: dict[str, Any] = {
+        "result": outcome.code.value,
+        "type": msg.type,
+        "id": getattr(msg, "id", None),
+        "ledger": getattr(msg, "ledger", None),
+        "index": outcome.index,
+    }
+    if isinstance(msg, Transfer):
+        out.update(payer=msg.payer, payee=msg.payee, amount=msg.amount)
+    elif hasattr(msg, "handle"):
+        out["handle"] = msg.handle
+    return out
+
+
+def refusal(outcome: Outcome) -> Problem:
+    return Problem(outcome.code, outcome.detail or outcome.code.value.replace("_", " "))
+
+
+# --- parsing submissions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferItem:
+    signed: Signed
+    memo: Memo | None
+
+
+MEMO_SPEC = {
+    "text": text(None, MAX_MEMO_BYTES),
+    "salt": text(HEX32_RE, 32, "must be 32 lowercase hex digits (16 random bytes)"),
+}
+
+
+def parse_transfer_item(obj: Any, where: str) -> TransferItem:
+    fields = check_fields(
+        obj,
+        {"transfer": lambda f, v: v, "memo": lambda f, v: v},
+        where,
+        optional_fields=frozenset({"memo"}),
+    )
+    signed = parse_signed(fields["transfer"], TRANSFER_TYPES, f"{where}.transfer")
+    msg = signed.msg
+    assert isinstance(msg, Transfer)
+    memo = None
+    if fields["memo"] is not None:
+        m = check_fields(fields["memo"], MEMO_SPEC, f"{where}.memo")
+        if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
+            raise MessageError(
+                ResultCode.invalid_field, f"memo may be at most {MAX_MEMO_BYTES} bytes"
+            )
+        salt = bytes.fromhex(m["salt"])
+        if msg.memo_hash != memo_hash(salt, m["text"]):
+            raise MessageError(
+                ResultCode.invalid_field,
+                f"{where}.memo does not match the memo_hash the payer signed",
+                f"{where}.memo",
+            )
+        memo = Memo(m["text"], salt)
+    return TransferItem(signed, memo)
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def health(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    return web.json_response({"status": "ok", "log_size": node.ledger.size})
+
+
+def info_document(node: Node) -> dict[str, Any]:
+    state = node.ledger
+    g = state.genesis
+    cfg = node.config
+    return {
+        "name": g.name,
+        "ledger_id": state.ledger_id,
+        "node_key": node.node_key.public.text,
+        "node_key_id": node.node_key.public.key_id,
+        "unit": g.unit.to_json(),
+        "stewards": sorted(k.text for k in state.stewards),
+        "threshold": state.threshold,
+        "defaults": {
+            "debit_limit": cfg.ledger.default_debit_limit,
+            "credit_limit": cfg.ledger.default_credit_limit,
+        },
+        "books": cfg.ledger.books,
+        "max_valid_window_seconds": cfg.ledger.max_valid_window_seconds,
+        "request_skew_seconds": cfg.api.request_skew_seconds,
+        "max_batch": cfg.api.max_batch,
+        "log_size": state.size,
+        "api_version": "v1",
+        "software": "tally 0.1.0",
+    }
+
+
+async def info(request: web.Request) -> web.Response:
+    return web.json_response(info_document(request.app[NODE]))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def problem_doc(request: web.Request) -> web.Response:
+    code = request.match_info["code"]
+    if code not in ResultCode.__members__:
+        raise Problem(ResultCode.not_found, f"no result code {code!r}")
+    return web.json_response({"code": code, "status": Problem(ResultCode(code), "").status})
+
+
+async def _apply_one(node: Node, signed: Signed, memo: Memo | None) -> Outcome:
+    sigcheck = (await node.verify([signed]))[0]
+    assert node.writer is not None
+    return await node.writer.submit(signed, sigcheck, memo)
+
+
+def _accepted(signed: Signed, outcome: Outcome) -> web.Response:
+    if outcome.code == ResultCode.ok:
+        return web.json_response(receipt(signed, outcome), status=201)
+    if outcome.code == ResultCode.exists:
+        return web.json_response(receipt(signed, outcome), status=200)
+    raise refusal(outcome)
+
+
+async def post_transfer(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    item = parse_transfer_item(await read_json(request, node.config.api.max_body_bytes), "body")
+    limit_rate(request, item.signed.sigs[0].key.text)
+    return _accepted(item.signed, await _apply_one(node, item.signed, item.memo))
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    cfg = node.config.api
+    body = await read_json(request, cfg.max_batch_body_bytes)
+    fields = check_fields(body, {"transfers": lambda f, v: v}, "body")
+    raw = fields["transfers"]
+    if not isinstance(raw, list) or not raw:
+        raise MessageError(ResultCode.invalid_field, "body.transfers must be a non-empty list")
+    if len(raw) > cfg.max_batch:
+        raise Problem(
+            ResultCode.batch_too_large, f"a batch may hold at most {cfg.max_batch} transfers"
+        )
+    results: list[dict[str, Any] | None] = [None] * len(raw)
+    items: list[tuple[int, TransferItem]] = []
+    for i, obj in enumerate(raw):
+        try:
+            items.append((i, parse_transfer_item(obj, f"transfers[{i}]")))
+        except MessageError as exc:
+            results[i] = {"result": exc.code.value, "detail": exc.message}
+    if items:
+        keys = {item.signed.sigs[0].key.text for _, item in items}
+        for key in keys:
+            limit_rate(request, key, cost=max(1.0, len(items) / len(keys) / 10))
+        checks = await node.verify([item.signed for _, item in items])
+        assert node.writer is not None
+        requests = [
+            EventRequest(item.signed, check, item.memo) for (_, item), check in zip(items, checks)
+        ]
+        node.writer.submit_all(requests)
+        for (i, item), r in zip(items, requests):
+            outcome = await r.future
+            if outcome.code in (ResultCode.ok, ResultCode.exists):
+                results[i] = receipt(item.signed, outcome)
+            else:
+                results[i] = {
+                    "result": outcome.code.value,
+                    "id": getattr(item.signed.msg, "id", None),
+                    "detail": outcome.detail,
+                }
+    accepted = sum(1 for r in results if r and r["result"] in ("ok", "exists"))
+    return web.json_response({"accepted": accepted, "results": results})
+
+
+async def post_act(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    body = await read_json(request, node.config.api.max_body_bytes)
+    signed = parse_signed(body, STEWARD_ACT_TYPES)
+    limit_rate(request, signed.sigs[0].key.text)
+    return _accepted(signed, await _apply_one(node, signed, None))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    reader = await authenticate(request)
+    return web.json_response(
+        {"key": reader.key.text, "handle": reader.handle, "steward": reader.steward}
+    )
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    reader = await authenticate(request)
+    node = request.app[NODE]
+    if not reader.steward and node.config.ledger.books != "open":
+        raise Problem(
+            ResultCode.forbidden,
+            "this collective keeps balances private: only stewards may list accounts",
+        )
+    assert node.reader is not None
+    async with node.reader.execute(
+        f"SELECT {storage.ACCOUNT_COLUMNS} FROM accounts ORDER BY handle"
+    ) as cur:
+        accounts = [storage.account_from_row(row).to_json() for row in await cur.fetchall()]
+    return web.json_response({"accounts": accounts})
+
+
+async def _account_or_404(node: Node, handle: str) -> dict[str, Any]:
+    assert node.reader is not None
+    async with node.reader.execute(
+        f"SELECT {storage.ACCOUNT_COLUMNS} FROM accounts WHERE handle = ?", (handle,)
+    ) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise Problem(ResultCode.account_not_found, f"no account {handle!r}")
+    return storage.account_from_row(row).to_json()
+
+
+def _path_handle(request: web.Request) -> str:
+    value = request.match_info["handle"]
+    check_handle("handle", value)
+    return value
+
+
+async def get_account(request: web.Request) -> web.Response:
+    reader = await authenticate(request)
+    handle = _path_handle(request)
+    may_read_account(request, reader, handle)
+    return web.json_response(await _account_or_404(request.app[NODE], handle))
+
+
+def _int_param(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(
+            ResultCode.invalid_field, f"query {name} must be an integer from {low} to {high}",
+            field=name,
+        )
+    return int(raw)
+
+
+async def get_history(request: web.Request) -> web.Response:
+    reader = await authenticate(request)
+    node = request.app[NODE]
+    handle = _path_handle(request)
+    may_read_account(request, reader, handle)
+    await _account_or_404(node, handle)
+    page_max = node.config.api.history_page_max
+    limit = _int_param(request, "limit", 50, 1, page_max)
+    cursor = _int_param(request, "cursor", None, 0, 2**53 - 1)
+    assert node.reader is not None and limit is not None
+    postings = await storage.history(node.reader, handle, cursor, limit)
+    next_cursor = postings[-1].index if len(postings) == limit else None
+    return web.json_response(
+        {"handle": handle, "postings": [p.to_json() for p in postings], "next": next_cursor}
+    )
+
+
+async def get_event(request: web.Request) -> web.Response:
+    reader = await authenticate(request)
+    node = request.app[NODE]
+    event_id = request.match_info["id"]
+    if not HEX32_RE.match(event_id):
+        raise Problem(ResultCode.invalid_field, "an event id is 32 lowercase hex digits")
+    assert node.reader is not None
+    index = await storage.event_index(node.reader, event_id)
+    entry = await storage.read_entry(node.reader, index) if index is not None else None
+    if entry is None or index is None:
+        raise Problem(ResultCode.not_found, f"no event {event_id} in this ledger")
+    log_entry = parse_log_entry(parse_json(entry))
+    msg = log_entry.payload.msg
+    if isinstance(msg, Transfer) and not reader.steward and node.config.ledger.books != "open":
+        if reader.handle not in (msg.payer, msg.payee):
+            raise Problem(ResultCode.forbidden, "balances are private here: not your transfer")
+    doc = receipt(log_entry.payload, Outcome(ResultCode.ok, index))
+    doc["node_time"] = log_entry.node_time
+    return web.json_response(doc)
+
+
+def make_app(node: Node) -> web.Application:
+    cfg = node.config.api
+    app = web.Application(
+        middlewares=[problem_middleware],
+        client_max_size=max(cfg.max_batch_body_bytes, cfg.max_body_bytes),
+    )
+    app[NODE] = node
+    app[LIMITER] = RateLimiter(cfg.rate_per_key_per_second, cfg.rate_burst)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/info", info)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/problems/{code}", problem_doc)
+    app.router.add_post("/v1/transfers", post_transfer)
+    app.router.add_post("/v1/transfers/batch", post_batch)
+    app.router.add_post("/v1/acts", post_act)
+    app.router.add_get("/v1/whoami", whoami)
+    app.router.add_get("/v1/accounts", list_accounts)
+    app.router.add_get("/v1/accounts/{handle}", get_account)
+    app.router.add_get("/v1/accounts/{handle}/history", get_history)
+    app.router.add_get("/v1/events/{id}", get_event)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await node.start()
+        yield
+        await node.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+

@@ -1,0 +1,326 @@
+"""The member's and steward's client library: sign locally, talk to a node over HTTP.
+
+Layer: node (async, aiohttp). The ``tally`` CLI is built on this; other programs can use it
+too::
+
+    async with TallyClient("http://127.0.0.1:7300", key) as client:
+        receipt = await client.pay("alice", "bob", 90, memo="gardening")
+
+Secret keys never leave this process: transfers and acts are signed here, and reads carry an
+HTTP message signature (``crypto.httpsig``). A transfer is retried after a network failure
+or a 5xx with the *same signed bytes*, so it is applied at most once (the node answers
+``exists`` to a retry of an applied transfer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from crypto.canonical import canonical_json
+from crypto.httpsig import sign_request
+from crypto.keys import PublicKey, SecretKey, b64url
+from protocol.ledger import memo_hash
+from protocol.messages import (
+    Admit,
+    Close,
+    Message,
+    Rekey,
+    SetLimits,
+    SetStewards,
+    Signed,
+    Transfer,
+    Unit,
+    sign_message,
+)
+
+
+class TallyError(Exception):
+    """The node refused a request (``code`` is its stable result code), or could not be reached."""
+
+    def __init__(self, code: str, detail: str, status: int = 0, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+        self.problem = problem or {}
+
+
+def new_id() -> str:
+    """A random 128-bit id, as every transfer and act carries."""
+    return os.urandom(16).hex()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    url: str
+    name: str
+    ledger_id: str
+    node_key: PublicKey
+    unit: Unit
+    threshold: int
+    stewards: tuple[PublicKey, ...]
+    default_debit_limit: int
+    default_credit_limit: int
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, url: str, doc: dict[str, Any]) -> NodeInfo:
+        return cls(
+            url=url,
+            name=doc["name"],
+            ledger_id=doc["ledger_id"],
+            node_key=PublicKey.parse(doc["node_key"]),
+            unit=Unit(**doc["unit"]),
+            threshold=doc["threshold"],
+            stewards=tuple(PublicKey.parse(k) for k in doc["stewards"]),
+            default_debit_limit=doc["defaults"]["debit_limit"],
+            default_credit_limit=doc["defaults"]["credit_limit"],
+            raw=doc,
+        )
+
+
+def transfer_body(
+    key: SecretKey,
+    ledger_id: str,
+    payer: str,
+    payee: str,
+    amount: int,
+    memo: str | None = None,
+    valid_for_ms: int = 3600_000,
+    transfer_id: str | None = None,
+    now: int | None = None,
+) -> dict[str, Any]:
+    """A signed transfer request body, ready to POST (and to re-POST unchanged on retry)."""
+    salt = os.urandom(16)
+    msg = Transfer(
+        ledger=ledger_id,
+        id=transfer_id or new_id(),
+        payer=payer,
+        payee=payee,
+        amount=amount,
+        memo_hash=memo_hash(salt, memo) if memo else None,
+        valid_until=(now if now is not None else now_ms()) + valid_for_ms,
+    )
+    body: dict[str, Any] = {"transfer": sign_message(msg, key).to_json()}
+    if memo:
+        body["memo"] = {"text": memo, "salt": salt.hex()}
+    return body
+
+
+class TallyClient:
+    def __init__(
+        self,
+        url: str,
+        key: SecretKey | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.key = key
+        self._session = session
+        self._own_session = session is None
+        self.timeout = timeout
+        self.retries = retries
+        self._info: NodeInfo | None = None
+
+    async def __aenter__(self) -> TallyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    # --- transport ---------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        signed: bool = False,
+        idempotent: bool = True,
+    ) -> tuple[int, Any]:
+        data = canonical_json(body) if body is not None else b""
+        attempts = self.retries + 1 if idempotent else 1
+        last: Exception | None = None
+        for attempt in range(attempts):
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            if signed:
+                headers.update(await self._sign_headers(method, path, data))
+            try:
+                async with self.session.request(
+                    method, self.url + path, data=data if body is not None else None,
+                    headers=headers,
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    retry_after = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+                last = exc
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+                continue
+            try:
+                doc = json.loads(raw) if raw else None
+            except ValueError:
+                doc = None
+            if status in (429, 503) and attempt + 1 < attempts:
+                await asyncio.sleep(min(5.0, float(retry_after or 1)))
+                continue
+            if status >= 500 and attempt + 1 < attempts:
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+                continue
+            if status >= 400:
+                if isinstance(doc, dict) and "code" in doc:
+                    raise TallyError(doc["code"], doc.get("detail", ""), status, doc)
+                raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status)
+            return status, doc
+        raise TallyError(
+            "unreachable",
+            f"could not reach the node at {self.url} ({last}); "
+            "check the URL and that the node is running",
+        )
+
+    async def _sign_headers(self, method: str, path: str, data: bytes) -> dict[str, str]:
+        if self.key is None:
+            raise TallyError("no_key", "this read must be signed: make a key with `tally key new`")
+        info = await self.info()
+        parts = urlsplit(path)
+        return sign_request(
+            self.key,
+            method=method,
+            path=parts.path,
+            query=parts.query,
+            body=data,
+            recipient_key_id=info.node_key.key_id,
+            created=int(time.time()),
+            nonce=b64url(os.urandom(16)),
+        )
+
+    # --- public reads ------------------------------------------------------------------
+
+    async def info(self, refresh: bool = False) -> NodeInfo:
+        if self._info is None or refresh:
+            _, doc = await self._request("GET", "/v1/info")
+            self._info = NodeInfo.from_json(self.url, doc)
+        return self._info
+
+    async def health(self) -> dict[str, Any]:
+        return (await self._request("GET", "/v1/health"))[1]  # type: ignore[no-any-return]
+
+    # --- members -----------------------------------------------------------------------
+
+    async def submit_transfer(self, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self._request("POST", "/v1/transfers", body))[1]  # type: ignore[no-any-return]
+
+    async def submit_batch(self, bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        doc = (await self._request("POST", "/v1/transfers/batch", {"transfers": list(bodies)}))[1]
+        return doc  # type: ignore[no-any-return]
+
+    async def pay(
+        self,
+        payer: str,
+        payee: str,
+        amount: int,
+        memo: str | None = None,
+        valid_for_ms: int = 3600_000,
+    ) -> dict[str, Any]:
+        if self.key is None:
+            raise TallyError("no_key", "paying needs the payer's key: `tally key new`")
+        info = await self.info()
+        body = transfer_body(self.key, info.ledger_id, payer, payee, amount, memo, valid_for_ms)
+        return await self.submit_transfer(body)
+
+    async def whoami(self) -> dict[str, Any]:
+        return (await self._request("GET", "/v1/whoami", signed=True))[1]  # type: ignore[no-any-return]
+
+    async def account(self, handle: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/accounts/{handle}", signed=True))[1]  # type: ignore[no-any-return]
+
+    async def accounts(self) -> list[dict[str, Any]]:
+        return (await self._request("GET", "/v1/accounts", signed=True))[1]["accounts"]  # type: ignore[no-any-return]
+
+    async def history_page(
+        self, handle: str, cursor: int | None = None, limit: int = 100
+    ) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&cursor={cursor}" if cursor is not None else "")
+        path = f"/v1/accounts/{handle}/history{query}"
+        return (await self._request("GET", path, signed=True))[1]  # type: ignore[no-any-return]
+
+    async def history(self, handle: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every posting of ``handle`` (newest first), following cursors page by page."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await self.history_page(handle, cursor)
+            out.extend(page["postings"])
+            cursor = page["next"]
+            if cursor is None or (limit is not None and len(out) >= limit):
+                return out[:limit] if limit is not None else out
+
+    async def event(self, event_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/events/{event_id}", signed=True))[1]  # type: ignore[no-any-return]
+
+    # --- stewards ----------------------------------------------------------------------
+
+    async def build_act(self, kind: str, valid_for_ms: int = 3600_000, **fields: Any) -> Message:
+        info = await self.info()
+        common = {"ledger": info.ledger_id, "id": new_id(), "valid_until": now_ms() + valid_for_ms}
+        classes: dict[str, Any] = {
+            "admit": Admit, "set_limits": SetLimits, "close": Close, "rekey": Rekey,
+            "set_stewards": SetStewards,
+        }
+        return classes[kind](**common, **fields)  # type: ignore[no-any-return]
+
+    async def submit_act(self, signed: Signed | dict[str, Any]) -> dict[str, Any]:
+        body = signed.to_json() if isinstance(signed, Signed) else signed
+        return (await self._request("POST", "/v1/acts", body))[1]  # type: ignore[no-any-return]
+
+    async def act(self, kind: str, stewards: Sequence[SecretKey], **fields: Any) -> dict[str, Any]:
+        msg = await self.build_act(kind, **fields)
+        return await self.submit_act(sign_message(msg, *stewards))
+
+    async def admit(
+        self,
+        handle: str,
+        key: PublicKey,
+        stewards: Sequence[SecretKey],
+        debit_limit: int | None = None,
+        credit_limit: int | None = None,
+    ) -> dict[str, Any]:
+        info = await self.info()
+        return await self.act(
+            "admit",
+            stewards,
+            handle=handle,
+            key=key,
+            debit_limit=info.default_debit_limit if debit_limit is None else debit_limit,
+            credit_limit=info.default_credit_limit if credit_limit is None else credit_limit,
+        )

@@ -1,0 +1,140 @@
+"""Node configuration: embedded defaults, overridden by ``<data dir>/config.toml``.
+
+Layer: node. A node starts with no configuration at all; every setting here has a default
+that is safe for a small collective on one machine. ``config.example.toml`` documents every
+setting and is checked against ``Config`` by a test, so the two cannot drift apart.
+
+Nothing here decides who may act: stewards and their threshold live in the signed genesis
+entry and steward acts, never in a file an operator can edit.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.toml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says which setting and why."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    listen: str = "127.0.0.1:7300"  # HOST:PORT the HTTP API binds to
+    public_url: str = ""  # the URL members and peers use, if not http://<listen>
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    default_debit_limit: int = 1200  # in the smallest unit: 20 hours of minutes
+    default_credit_limit: int = 1200
+    max_valid_window_seconds: int = 24 * 3600  # how far ahead valid_until may be
+    books: str = "open"  # "open": members read all accounts; "private": only their own
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    max_body_bytes: int = 64 * 1024  # one transfer or act
+    max_batch_body_bytes: int = 2 * 1024 * 1024  # a batch of up to max_batch transfers
+    max_batch: int = 1000
+    request_skew_seconds: int = 300  # how far a signed read's time may be from ours
+    history_page_max: int = 500
+    rate_per_key_per_second: float = 100.0  # sustained requests per member key
+    rate_burst: int = 400  # short bursts above that rate
+    max_queue: int = 20000  # events waiting for the writer before we answer 503
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    synchronous: str = "FULL"  # SQLite synchronous: FULL (default, survives power loss) or NORMAL
+    max_group_commit: int = 2000  # most events committed in one transaction
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    checkpoint_delay_ms: int = 1000  # every entry is covered by a checkpoint within this
+    public_entries: bool = False  # serve entry bundles to anyone (tally demo turns this on)
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def validate(self) -> None:
+        if self.ledger.books not in ("open", "private"):
+            raise ConfigError('[ledger] books must be "open" or "private"')
+        if self.storage.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ConfigError("[storage] synchronous must be FULL, EXTRA or NORMAL")
+        if self.ledger.default_debit_limit < 0 or self.ledger.default_credit_limit < 0:
+            raise ConfigError("[ledger] default limits must be zero or more")
+        if not 1 <= self.api.max_batch <= 10000:
+            raise ConfigError("[api] max_batch must be between 1 and 10000")
+        parse_listen(self.node.listen)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:7300")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+def _build(section: str, cls: Any, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting [{section}] {key} (see config.example.toml)")
+        default = getattr(cls(), key)
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(
+                f"[{section}] {key} must be a {expected.__name__}, got {value!r}"
+            )
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(data_dir: Path | None) -> Config:
+    """The embedded defaults, overridden by ``config.toml`` in the data directory if present."""
+    path = data_dir / CONFIG_FILE if data_dir is not None else None
+    raw: dict[str, Any] = {}
+    if path is not None and path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    sections: dict[str, Any] = {}
+    defaults = Config()
+    for name, values in raw.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"unknown section [{name}] in {path} (see config.example.toml)")
+        sections[name] = _build(name, type(getattr(defaults, name)), values)
+    config = Config(**sections)
+    config.validate()
+    return config
+
+
+def default_data_dir() -> Path:
+    """Where ``tally node run`` keeps its data when not told: $TALLY_DATA or the XDG data dir."""
+    if env := os.environ.get("TALLY_DATA"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tally" / "node"

@@ -1,0 +1,310 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at ``/v1/openapi.json``.
+
+Layer: node. Built from the same code lists the API uses (result codes, limits), and checked
+by ``tests/node/test_openapi.py`` against the routes the app registers and against real
+responses, so it cannot silently drift from the code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from protocol.codes import ResultCode
+
+HANDLE = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,31}$"}
+ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "random 128-bit id, hex"}
+LEDGER = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+KEY = {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$", "description": "Ed25519 public key, base64url"}
+INT = {"type": "integer", "minimum": -(2**53 - 1), "maximum": 2**53 - 1}
+TIME = {"type": "integer", "minimum": 0, "description": "milliseconds since the Unix epoch"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = False) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(props) if required is None else required,
+        "additionalProperties": extra,
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _act(kind: str, props: dict[str, Any]) -> dict[str, Any]:
+    return _obj({"type": {"const": kind}, "ledger": LEDGER, "id": ID, "valid_until": TIME, **props})
+
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": _obj(
+        {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "instance": {"type": "string"},
+            "code": {"type": "string", "enum": [c.value for c in ResultCode]},
+            "field": {"type": "string"},
+        },
+        required=["type", "title", "status", "detail", "code"],
+    ),
+    "Signature": _obj({"key": KEY, "sig": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"}}),
+    "TransferMsg": _obj(
+        {
+            "type": {"const": "transfer"},
+            "ledger": LEDGER,
+            "id": ID,
+            "payer": HANDLE,
+            "payee": HANDLE,
+            "amount": INT,
+            "memo_hash": {"oneOf": [LEDGER, {"type": "null"}]},
+            "valid_until": TIME,
+        }
+    ),
+    "SignedTransfer": _obj(
+        {"msg": _ref("TransferMsg"), "sigs": {"type": "array", "items": _ref("Signature"),
+                                              "minItems": 1, "maxItems": 1}}
+    ),
+    "Memo": _obj({"text": {"type": "string", "maxLength": 1024},
+                  "salt": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+    "TransferRequest": _obj(
+        {"transfer": _ref("SignedTransfer"), "memo": _ref("Memo")}, required=["transfer"]
+    ),
+    "Admit": _act("admit", {"handle": HANDLE, "key": KEY, "debit_limit": INT, "credit_limit": INT}),
+    "SetLimits": _act("set_limits", {"handle": HANDLE, "debit_limit": INT, "credit_limit": INT}),
+    "Close": _act("close", {"handle": HANDLE}),
+    "Rekey": _act("rekey", {"handle": HANDLE, "key": KEY}),
+    "SetStewards": _act(
+        "set_stewards",
+        {"stewards": {"type": "array", "items": KEY, "minItems": 1, "maxItems": 64},
+         "threshold": {"type": "integer", "minimum": 1, "maximum": 64}},
+    ),
+    "SignedAct": _obj(
+        {
+            "msg": {"oneOf": [_ref(n) for n in ("Admit", "SetLimits", "Close", "Rekey", "SetStewards")]},
+            "sigs": {"type": "array", "items": _ref("Signature"), "minItems": 1, "maxItems": 64},
+        }
+    ),
+    "Receipt": _obj(
+        {
+            "result": {"enum": ["ok", "exists"]},
+            "type": {"type": "string"},
+            "id": ID,
+            "ledger": LEDGER,
+            "index": {"type": "integer", "minimum": 0, "description": "the event's log index"},
+            "payer": HANDLE,
+            "payee": HANDLE,
+            "amount": INT,
+            "handle": HANDLE,
+            "node_time": TIME,
+        },
+        required=["result", "type", "id", "ledger", "index"],
+    ),
+    "BatchItemRefused": _obj(
+        {"result": {"type": "string", "enum": [c.value for c in ResultCode]},
+         "id": {"oneOf": [ID, {"type": "null"}]}, "detail": {"type": "string"}},
+        required=["result", "detail"],
+    ),
+    "BatchResult": _obj(
+        {
+            "accepted": {"type": "integer"},
+            "results": {"type": "array",
+                        "items": {"oneOf": [_ref("Receipt"), _ref("BatchItemRefused")]}},
+        }
+    ),
+    "Account": _obj(
+        {
+            "handle": HANDLE,
+            "kind": {"enum": ["member", "peer"]},
+            "key": {"oneOf": [KEY, {"type": "null"}]},
+            "balance": INT,
+            "pending_debit": INT,
+            "pending_credit": INT,
+            "debit_limit": INT,
+            "credit_limit": INT,
+            "status": {"enum": ["open", "closed"]},
+        }
+    ),
+    "AccountList": _obj({"accounts": {"type": "array", "items": _ref("Account")}}),
+    "Posting": _obj(
+        {
+            "index": {"type": "integer"},
+            "amount": INT,
+            "counterparty": HANDLE,
+            "id": ID,
+            "node_time": TIME,
+            "memo": {"type": ["string", "null"]},
+        }
+    ),
+    "History": _obj(
+        {
+            "handle": HANDLE,
+            "postings": {"type": "array", "items": _ref("Posting")},
+            "next": {"type": ["integer", "null"], "description": "pass as ?cursor= for the next page"},
+        }
+    ),
+    "WhoAmI": _obj({"key": KEY, "handle": {"oneOf": [HANDLE, {"type": "null"}]},
+                    "steward": {"type": "boolean"}}),
+    "Health": _obj({"status": {"const": "ok"}, "log_size": {"type": "integer"}}),
+    "Info": _obj(
+        {
+            "name": {"type": "string"},
+            "ledger_id": LEDGER,
+            "node_key": KEY,
+            "node_key_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+            "unit": _obj({"code": {"type": "string"}, "name": {"type": "string"},
+                          "scale": {"type": "integer", "minimum": 1}}),
+            "stewards": {"type": "array", "items": KEY},
+            "threshold": {"type": "integer"},
+            "defaults": _obj({"debit_limit": INT, "credit_limit": INT}),
+            "books": {"enum": ["open", "private"]},
+            "max_valid_window_seconds": {"type": "integer"},
+            "request_skew_seconds": {"type": "integer"},
+            "max_batch": {"type": "integer"},
+            "log_size": {"type": "integer"},
+            "api_version": {"const": "v1"},
+            "software": {"type": "string"},
+        },
+        extra=True,
+    ),
+    "ProblemCode": _obj({"code": {"type": "string"}, "status": {"type": "integer"}}),
+}
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "refused: an RFC 9457 problem with a stable `code`",
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        for s in statuses
+    }
+
+
+SIGNED_READ = [{"memberSignature": []}]
+READ_PROBLEMS = _problems(400, 401, 403, 404, 429, 503)
+PATH_HANDLE = {"name": "handle", "in": "path", "required": True, "schema": HANDLE}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tally node API",
+            "version": "1",
+            "description": (
+                "A collective's mutual-credit ledger. Transfers and steward acts are signed in "
+                "their body (Ed25519 over the RFC 8785 form of `msg`). Reads other than "
+                "health, info and this document need an HTTP message signature (RFC 9421 "
+                "profile: covered components @method @path @query content-digest; "
+                "params created, nonce, keyid = signer's public key, tag = the node's key id). "
+                "Every refusal is an RFC 9457 problem whose `code` is stable; "
+                "`/problems/{code}` names each."
+            ),
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "memberSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Signature",
+                    "description": "RFC 9421 signature by a member's or steward's key",
+                }
+            },
+        },
+        "paths": {
+            "/v1/health": {"get": {"operationId": "health", "summary": "Liveness",
+                                   "responses": {"200": _json("Health", "the node is up")}}},
+            "/v1/info": {"get": {"operationId": "info", "summary": "The collective and its node",
+                                 "responses": {"200": _json("Info", "public node info")}}},
+            "/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
+                                         "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/problems/{code}": {
+                "get": {
+                    "operationId": "problem",
+                    "summary": "What a result code means",
+                    "parameters": [{"name": "code", "in": "path", "required": True,
+                                    "schema": {"type": "string"}}],
+                    "responses": {"200": _json("ProblemCode", "the code and its HTTP status"),
+                                  **_problems(404)},
+                }
+            },
+            "/v1/transfers": {
+                "post": {
+                    "operationId": "submitTransfer",
+                    "summary": "Submit one transfer signed by the payer",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": _ref("TransferRequest")}}},
+                    "responses": {
+                        "201": _json("Receipt", "applied"),
+                        "200": _json("Receipt", "an identical transfer was applied before (exists)"),
+                        **_problems(400, 409, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/v1/transfers/batch": {
+                "post": {
+                    "operationId": "submitTransferBatch",
+                    "summary": "Submit up to max_batch transfers; each gets its own result",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": _obj({"transfers": {"type": "array", "minItems": 1,
+                                                      "items": _ref("TransferRequest")}})}}},
+                    "responses": {"200": _json("BatchResult", "one result per transfer, in order"),
+                                  **_problems(400, 413, 415, 429, 503)},
+                }
+            },
+            "/v1/acts": {
+                "post": {
+                    "operationId": "submitAct",
+                    "summary": "Submit a steward act (admit, set_limits, close, rekey, set_stewards)",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": _ref("SignedAct")}}},
+                    "responses": {
+                        "201": _json("Receipt", "applied"),
+                        "200": _json("Receipt", "an identical act was applied before (exists)"),
+                        **_problems(400, 409, 413, 415, 422, 429, 503),
+                    },
+                }
+            },
+            "/v1/whoami": {"get": {"operationId": "whoami", "summary": "Who the signing key is",
+                                   "security": SIGNED_READ,
+                                   "responses": {"200": _json("WhoAmI", "the signer"),
+                                                 **READ_PROBLEMS}}},
+            "/v1/accounts": {"get": {"operationId": "listAccounts", "summary": "Every account",
+                                     "security": SIGNED_READ,
+                                     "responses": {"200": _json("AccountList", "accounts"),
+                                                   **READ_PROBLEMS}}},
+            "/v1/accounts/{handle}": {
+                "get": {"operationId": "getAccount", "summary": "An account's balance and limits",
+                        "security": SIGNED_READ, "parameters": [PATH_HANDLE],
+                        "responses": {"200": _json("Account", "the account"), **READ_PROBLEMS}}
+            },
+            "/v1/accounts/{handle}/history": {
+                "get": {
+                    "operationId": "getHistory",
+                    "summary": "An account's postings, newest first, paginated by cursor",
+                    "security": SIGNED_READ,
+                    "parameters": [
+                        PATH_HANDLE,
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    ],
+                    "responses": {"200": _json("History", "a page of postings"), **READ_PROBLEMS},
+                }
+            },
+            "/v1/events/{id}": {
+                "get": {"operationId": "getEvent", "summary": "The receipt of an applied event",
+                        "security": SIGNED_READ,
+                        "parameters": [{"name": "id", "in": "path", "required": True, "schema": ID}],
+                        "responses": {"200": _json("Receipt", "the receipt"), **READ_PROBLEMS}}
+            },
+        },
+    }

@@ -1,0 +1,168 @@
+"""RFC 9457 problem details: the one boundary where refusals become HTTP responses.
+
+Layer: node. Handlers raise ``Problem`` (or let a typed error from ``crypto``/``protocol``
+propagate); the ``problem_middleware`` turns each into ``application/problem+json`` with the
+stable ``code``. No handler builds an error response by hand.
+
+Exception tree::
+
+    Problem                      a refusal with a ResultCode (4xx), raised by handlers
+    node.writer.Overloaded       the writer's queue is full -> 503 overloaded, Retry-After
+    crypto.canonical.CanonicalError   bad JSON          -> 400 via its .code
+    protocol.messages.MessageError    bad message shape -> 400 via its .code
+    crypto.httpsig.SignedRequestError bad signed read   -> 401 via its .code
+    aiohttp HTTPException             routing / size    -> its own status, as a problem
+    anything else                     a fault in the node -> 500 internal_error, logged
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from crypto.canonical import CanonicalError
+from crypto.httpsig import SignedRequestError
+from protocol.codes import ResultCode
+from protocol.messages import MessageError
+from node.writer import Overloaded
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+
+STATUS: dict[ResultCode, int] = {
+    ResultCode.invalid_json: 400,
+    ResultCode.float_not_allowed: 400,
+    ResultCode.duplicate_key: 400,
+    ResultCode.integer_out_of_range: 400,
+    ResultCode.missing_field: 400,
+    ResultCode.unknown_field: 400,
+    ResultCode.invalid_field: 400,
+    ResultCode.body_too_large: 413,
+    ResultCode.batch_too_large: 413,
+    ResultCode.unsupported_media_type: 415,
+    ResultCode.exists_with_different_fields: 409,
+    ResultCode.account_exists: 409,
+    ResultCode.key_in_use: 409,
+    ResultCode.signature_required: 401,
+    ResultCode.malformed_signature: 401,
+    ResultCode.bad_digest: 401,
+    ResultCode.wrong_recipient: 401,
+    ResultCode.stale_request: 401,
+    ResultCode.replayed_request: 401,
+    ResultCode.unknown_signer: 403,
+    ResultCode.forbidden: 403,
+    ResultCode.not_found: 404,
+    ResultCode.rate_limited: 429,
+    ResultCode.overloaded: 503,
+    ResultCode.internal_error: 500,
+}
+
+TITLES: dict[ResultCode, str] = {
+    ResultCode.bad_signature: "A signature does not verify",
+    ResultCode.exceeds_debit_limit: "The payer's debit limit would be exceeded",
+    ResultCode.exceeds_credit_limit: "The payee's credit limit would be exceeded",
+}
+
+
+def status_for(code: ResultCode) -> int:
+    """Ledger-rule refusals are 422: the request was understood and the rules said no."""
+    return STATUS.get(code, 422)
+
+
+def title_for(code: ResultCode) -> str:
+    return TITLES.get(code, code.value.replace("_", " ").capitalize())
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        code: ResultCode,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status if status is not None else status_for(code)
+        self.code = code
+        self.detail = detail
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self, instance: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": f"/problems/{self.code.value}",
+            "title": title_for(self.code),
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+            "code": self.code.value,
+        }
+        if self.field:
+            doc["field"] = self.field
+        doc.update(self.extra)
+        return doc
+
+
+def problem_response(problem: Problem, instance: str) -> web.Response:
+    return web.json_response(
+        problem.body(instance),
+        status=problem.status,
+        content_type=PROBLEM_TYPE,
+        headers=problem.headers,
+    )
+
+
+def translate(exc: BaseException) -> Problem | None:
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, CanonicalError):
+        return Problem(ResultCode(exc.code), exc.message)
+    if isinstance(exc, MessageError):
+        return Problem(exc.code, exc.message, field=exc.field)
+    if isinstance(exc, SignedRequestError):
+        return Problem(ResultCode(exc.code), exc.message)
+    if isinstance(exc, Overloaded):
+        return Problem(
+            ResultCode.overloaded,
+            "the node is busy; nothing was applied: retry in a second",
+            headers={"Retry-After": "1"},
+        )
+    return None
+
+
+_HTTP_CODES = {
+    404: (ResultCode.not_found, "no such resource: see /v1/openapi.json for the API"),
+    405: (ResultCode.not_found, "this resource does not accept that method"),
+    413: (ResultCode.body_too_large, "the request body is over this endpoint's size cap"),
+}
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code, detail = _HTTP_CODES.get(exc.status, (ResultCode.invalid_field, exc.reason))
+        return problem_response(Problem(code, detail, status=exc.status), request.path)
+    except Exception as exc:
+        problem = translate(exc)
+        if problem is None:
+            log.exception("internal error on %s %s", request.method, request.path)
+            problem = Problem(
+                ResultCode.internal_error,
+                "the node failed to handle this request; nothing was applied. "
+                "Retry, and tell the operator if it persists.",
+            )
+        return problem_response(problem, request.path)

@@ -1,0 +1,190 @@
+"""A collective's node: its data directory, keys, database, writer and the ledger they keep.
+
+Layer: node. ``init_data_dir`` makes a new collective (keys and the signed genesis entry);
+``Node`` opens one and runs its background tasks. The HTTP routes (``node.api``) and the
+CLI (``node.cli``) are thin layers over this.
+
+Data directory::
+
+    config.toml     optional settings (see config.example.toml)
+    node.key        the node's Ed25519 key (mode 0600): signs checkpoints and peer messages
+    steward.key     the first steward's key, made for the operator (mode 0600)
+    tally.sqlite    the ledger (WAL mode: also tally.sqlite-wal and -shm)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from crypto.keys import SecretKey, read_key_file, write_key_file
+from protocol.ledger import LedgerState, Policy, SigCheck
+from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
+from node import storage
+from node.config import Config, load_config
+from node.writer import Writer
+
+log = logging.getLogger(__name__)
+
+NODE_KEY = "node.key"
+STEWARD_KEY = "steward.key"
+
+
+class InitError(RuntimeError):
+    """The data directory cannot be initialised as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    data_dir: Path
+    ledger_id: str
+    node_key_path: Path
+    steward_key_path: Path
+    name: str
+    unit: Unit
+
+
+def is_initialised(data_dir: Path) -> bool:
+    return (data_dir / storage.DB_FILE).exists() and (data_dir / NODE_KEY).exists()
+
+
+async def init_data_dir(
+    data_dir: Path,
+    *,
+    name: str = "Tally collective",
+    unit: Unit = Unit("HOUR", "hours", 60),
+    now_ms: int | None = None,
+) -> InitResult:
+    """Create keys and a ledger whose genesis names the operator's key as the first steward."""
+    if is_initialised(data_dir):
+        raise InitError(f"{data_dir} already holds a Tally node; use `tally node run --data`")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    for leftover in (NODE_KEY, STEWARD_KEY, storage.DB_FILE):
+        if (data_dir / leftover).exists():
+            raise InitError(
+                f"{data_dir / leftover} exists but the node is not complete; "
+                "move the directory away or choose another --data"
+            )
+    node_key = SecretKey.from_random(os.urandom(32))
+    steward_key = SecretKey.from_random(os.urandom(32))
+    write_key_file(data_dir / NODE_KEY, "tally-node", node_key)
+    write_key_file(data_dir / STEWARD_KEY, "tally-steward", steward_key)
+    created = now_ms if now_ms is not None else int(time.time() * 1000)
+    genesis = Genesis(
+        name=name,
+        unit=unit,
+        node_key=node_key.public,
+        stewards=(steward_key.public,),
+        threshold=1,
+        created=created,
+    )
+    entry = LogEntry(created, sign_message(genesis, node_key, steward_key))
+    db = await storage.open_db(data_dir / storage.DB_FILE)
+    try:
+        await storage.write_genesis(db, entry)
+        ledger_id = await storage.get_meta(db, "ledger_id")
+    finally:
+        await db.close()
+    assert ledger_id is not None
+    return InitResult(
+        data_dir, ledger_id, data_dir / NODE_KEY, data_dir / STEWARD_KEY, name, unit
+    )
+
+
+def _check(signed: Signed) -> SigCheck:
+    return signed.verified_signers()
+
+
+def check_signatures(items: list[Signed]) -> list[SigCheck]:
+    return [_check(s) for s in items]
+
+
+class Node:
+    """One running collective node. ``start`` before use; ``stop`` closes everything."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Config | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config if config is not None else load_config(data_dir)
+        self.clock_ms = clock_ms
+        self.db: aiosqlite.Connection | None = None
+        self.reader: aiosqlite.Connection | None = None
+        self.writer: Writer | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="verify")
+        _, self.node_key = read_key_file(data_dir / NODE_KEY)
+        self.state: LedgerState | None = None
+
+    @property
+    def ledger(self) -> LedgerState:
+        assert self.state is not None, "node not started"
+        return self.state
+
+    async def start(self) -> None:
+        path = self.data_dir / storage.DB_FILE
+        if not path.exists():
+            raise storage.StorageError(f"no ledger at {path}: run `tally node init` first")
+        self.db = await storage.open_db(path, self.config.storage.synchronous)
+        self.state = await storage.load_state(self.db)
+        if self.state.genesis.node_key != self.node_key.public:
+            raise storage.StorageError(
+                f"{self.data_dir / NODE_KEY} is not the key this ledger's genesis names"
+            )
+        self.reader = await aiosqlite.connect(path, isolation_level=None)
+        await self.reader.execute("PRAGMA query_only=ON")
+        policy = Policy(max_valid_window_ms=self.config.ledger.max_valid_window_seconds * 1000)
+        self.writer = Writer(
+            self.db,
+            self.state,
+            policy,
+            max_batch=self.config.storage.max_group_commit,
+            max_queue=self.config.api.max_queue,
+            clock_ms=self.clock_ms,
+        )
+        await self.writer.start()
+        self.tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self.tasks.clear()
+        for conn in (self.reader, self.db):
+            if conn is not None:
+                await conn.close()
+        self.reader = self.db = None
+        self.pool.shutdown(wait=False)
+
+    async def verify(self, items: list[Signed]) -> list[SigCheck]:
+        """Check signatures; large batches in worker threads, off the event loop.
+
+        PyNaCl releases the GIL while verifying, so the threads use every core.
+        """
+        if len(items) < 16:
+            return check_signatures(items)
+        loop = asyncio.get_running_loop()
+        workers = max(2, os.cpu_count() or 2)
+        size = -(-len(items) // workers)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self.pool, check_signatures, c) for c in chunks)
+        )
+        return [r for chunk in results for r in chunk]

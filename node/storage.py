@@ -1,0 +1,241 @@
+"""Storage: the SQLite schema, its migrations, and the reads the API serves.
+
+Layer: node. Owns the database file. Writes happen only in ``node.writer`` (one task, one
+transaction per batch); everything here either sets the database up or reads it.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` by default: a transaction that has
+committed survives a killed process and a power cut. A refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from crypto import merkle
+from crypto.keys import PublicKey
+from protocol.ledger import Account, LedgerState, new_state
+from protocol.messages import LogEntry, parse_log_entry
+
+DB_FILE = "tally.sqlite"
+
+
+class StorageError(RuntimeError):
+    """The database is missing, damaged, or of a schema this version cannot use."""
+
+
+def _migrations() -> list[tuple[int, str]]:
+    out = []
+    for item in resources.files("node.migrations").iterdir():
+        name = item.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            out.append((int(name[:4]), item.read_text()))
+    return sorted(out)
+
+
+async def open_db(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:
+    """Open (creating if needed) the database and bring its schema up to date."""
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await db.execute("PRAGMA busy_timeout=5000")
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    migrations = _migrations()
+    latest = migrations[-1][0] if migrations else 0
+    if version > latest:
+        await db.close()
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this Tally ({latest}); "
+            "upgrade Tally before running this node"
+        )
+    for number, sql in migrations:
+        if number <= version:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await _run_script(db, sql)
+            await db.execute(f"PRAGMA user_version={number}")
+            await db.execute("COMMIT")
+        except Exception:
+            await db.execute("ROLLBACK")
+            await db.close()
+            raise
+    return db
+
+
+async def _run_script(db: aiosqlite.Connection, sql: str) -> None:
+    # executescript() would COMMIT first; run statement by statement inside our transaction.
+    statement = ""
+    for line in sql.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        statement += line
+        if statement.strip().endswith(";") and sqlite3.complete_statement(statement):
+            await db.execute(statement)
+            statement = ""
+    if statement.strip():
+        await db.execute(statement)
+
+
+async def get_meta(db: aiosqlite.Connection, key: str) -> str | None:
+    async with db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+async def write_genesis(db: aiosqlite.Connection, entry: LogEntry) -> None:
+    """Write the genesis entry as log index 0 of an empty database."""
+    encoded = entry.encode()
+    state = new_state(entry.payload, encoded)
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        async with db.execute("SELECT COUNT(*) FROM log") as cur:
+            row = await cur.fetchone()
+        if row and row[0]:
+            raise StorageError("this database already holds a ledger")
+        await db.execute("INSERT INTO log (idx, entry) VALUES (0, ?)", (encoded,))
+        for i, h in enumerate(merkle.append_hashes(0, merkle.leaf_hash(encoded), [])):
+            await db.execute("INSERT INTO tree_hashes (idx, hash) VALUES (?, ?)", (i, h))
+        await db.execute(
+            "INSERT INTO meta (key, value) VALUES ('ledger_id', ?)", (state.ledger_id,)
+        )
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+async def log_size(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def read_entry(db: aiosqlite.Connection, idx: int) -> bytes | None:
+    async with db.execute("SELECT entry FROM log WHERE idx = ?", (idx,)) as cur:
+        row = await cur.fetchone()
+    return bytes(row[0]) if row else None
+
+
+def account_from_row(row: Any) -> Account:
+    handle, kind, key, debit, credit, balance, pdebit, pcredit, status = row
+    return Account(
+        handle=handle,
+        kind=kind,
+        key=PublicKey.parse(key) if key else None,
+        debit_limit=debit,
+        credit_limit=credit,
+        balance=balance,
+        pending_debit=pdebit,
+        pending_credit=pcredit,
+        status=status,
+    )
+
+
+ACCOUNT_COLUMNS = (
+    "handle, kind, key, debit_limit, credit_limit, balance, pending_debit, pending_credit, status"
+)
+
+
+def account_row(a: Account) -> tuple[Any, ...]:
+    return (
+        a.handle,
+        a.kind,
+        a.key.text if a.key else None,
+        a.debit_limit,
+        a.credit_limit,
+        a.balance,
+        a.pending_debit,
+        a.pending_credit,
+        a.status,
+    )
+
+
+async def load_state(db: aiosqlite.Connection) -> LedgerState:
+    """The ledger's state as last committed: genesis, stewards, accounts and log size.
+
+    The steward set is the last one a ``set_stewards`` act wrote, kept in ``meta``.
+    """
+    genesis_bytes = await read_entry(db, 0)
+    if genesis_bytes is None:
+        raise StorageError("this database holds no ledger yet: run `tally node init`")
+    genesis = parse_log_entry(json.loads(genesis_bytes))
+    state = new_state(genesis.payload, genesis_bytes)
+    stored_id = await get_meta(db, "ledger_id")
+    if stored_id != state.ledger_id:
+        raise StorageError("the ledger id in meta does not match the genesis entry: damaged")
+    stewards = await get_meta(db, "stewards")
+    if stewards is not None:
+        doc = json.loads(stewards)
+        state.stewards = frozenset(PublicKey.parse(k) for k in doc["keys"])
+        state.threshold = int(doc["threshold"])
+    async with db.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts") as cur:
+        async for row in cur:
+            account = account_from_row(row)
+            state.accounts[account.handle] = account
+    state.size = await log_size(db)
+    return state
+
+
+@dataclass(frozen=True)
+class Posting:
+    index: int
+    amount: int
+    counterparty: str
+    event_id: str
+    node_time: int
+    memo: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "amount": self.amount,
+            "counterparty": self.counterparty,
+            "id": self.event_id,
+            "node_time": self.node_time,
+            "memo": self.memo,
+        }
+
+
+async def history(
+    db: aiosqlite.Connection, handle: str, before: int | None, limit: int
+) -> list[Posting]:
+    """An account's postings, newest first, strictly before log index ``before`` if given."""
+    sql = (
+        "SELECT p.idx, p.amount, p.counterparty, p.event_id, p.node_time, m.memo "
+        "FROM postings p LEFT JOIN memos m ON m.idx = p.idx "
+        "WHERE p.handle = ? AND p.idx < ? ORDER BY p.idx DESC LIMIT ?"
+    )
+    bound = before if before is not None else 2**62
+    async with db.execute(sql, (handle, bound, limit)) as cur:
+        rows = await cur.fetchall()
+    return [Posting(*row) for row in rows]
+
+
+async def event_index(db: aiosqlite.Connection, event_id: str) -> int | None:
+    async with db.execute("SELECT idx FROM events WHERE id = ?", (event_id,)) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def logical_dump(db: aiosqlite.Connection) -> list[tuple[Any, ...]]:
+    """Every row of every table, in a fixed order: what "nothing was written" compares."""
+    out: list[tuple[Any, ...]] = []
+    async with db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    ) as cur:
+        tables = [r[0] for r in await cur.fetchall()]
+    for table in tables:
+        async with db.execute(f"SELECT * FROM {table} ORDER BY 1, 2") as cur:
+            out.extend((table, *row) for row in await cur.fetchall())
+    return out
