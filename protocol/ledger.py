@@ -29,6 +29,7 @@ from typing import Literal
 
 from crypto.keys import PublicKey
 from protocol.codes import ResultCode
+from protocol.units import format_amount
 from protocol.messages import (
     Admit,
     Close,
@@ -230,12 +231,15 @@ def apply_transfer(
     if payer.balance - payer.pending_debit - t.amount < -payer.debit_limit:
         return Outcome(
             ResultCode.exceeds_debit_limit,
-            detail=f"{payer.handle!r} may go at most {payer.debit_limit} below zero",
+            detail=f"{payer.handle!r} may go at most "
+            f"{format_amount(payer.debit_limit, state.genesis.unit)} below zero "
+            f"(balance {format_amount(payer.balance, state.genesis.unit)})",
         )
     if payee.balance + payee.pending_credit + t.amount > payee.credit_limit:
         return Outcome(
             ResultCode.exceeds_credit_limit,
-            detail=f"{payee.handle!r} may hold at most {payee.credit_limit}",
+            detail=f"{payee.handle!r} may hold at most "
+            f"{format_amount(payee.credit_limit, state.genesis.unit)}",
         )
     payer.balance -= t.amount
     payee.balance += t.amount
@@ -307,7 +311,7 @@ def apply_act(
             return Outcome(
                 ResultCode.limit_below_balance,
                 detail=f"{act.handle!r} already uses more than the new limit "
-                f"(balance {target.balance})",
+                f"(balance {format_amount(target.balance, state.genesis.unit)})",
             )
         target.debit_limit = act.debit_limit
         target.credit_limit = act.credit_limit
@@ -318,7 +322,8 @@ def apply_act(
         if target.balance or target.pending_debit or target.pending_credit:
             return Outcome(
                 ResultCode.balance_not_zero,
-                detail=f"{act.handle!r} has balance {target.balance}; settle it to zero first",
+                detail=f"{act.handle!r} has balance "
+                f"{format_amount(target.balance, state.genesis.unit)}; settle it to zero first",
             )
         target.status = "closed"
     elif isinstance(act, Rekey):

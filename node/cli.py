@@ -1,0 +1,709 @@
+"""The ``tally`` command: run a node, act as a steward, pay and check as a member.
+
+Layer: node. A thin shell over ``node.service`` (operators) and ``node.client`` (stewards and
+members). Logging is configured here and nowhere else. Every command that talks to a node
+takes ``--node URL`` and ``--home DIR`` and remembers them, and prints JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from crypto.keys import KeyFormatError, PublicKey, SecretKey, read_key_file
+from node.client import NodeInfo, TallyClient, TallyError
+from node.config import ConfigError, default_data_dir, load_config, parse_listen
+from node.home import DEFAULT_NODE, Home, default_home
+from node.service import STEWARD_KEY, InitError, is_initialised
+from protocol.messages import Signed, Unit, parse_signed, sign_message
+from protocol.units import AmountError, format_amount, parse_amount
+
+log = logging.getLogger("tally")
+
+
+class CliError(Exception):
+    """A problem the user can fix; the message says how. Exit status 1, no traceback."""
+
+
+HINTS = {
+    "exceeds_debit_limit": "Your balance with this payment would pass your debit limit; "
+    "see `tally balance`.",
+    "exceeds_credit_limit": "The payee cannot hold that much more; pay a smaller amount.",
+    "unknown_signer": "This key is not admitted here. Show it with `tally key show` and ask a "
+    "steward to run `tally member admit HANDLE KEY`.",
+    "account_not_found": "Check the handle; `tally balance --all` lists accounts.",
+    "not_enough_steward_signatures": "Sign with more steward keys (--steward-key, repeatable), "
+    "or save the act with --out and collect signatures with `tally act sign`.",
+    "stale_request": "This machine's clock is off; fix it (e.g. enable NTP) and retry.",
+    "expired": "The signed request expired before it reached the node; retry.",
+    "unreachable": "Is the node running? Start one with `tally node run`, or pass --node URL.",
+    "rate_limited": "Slow down and retry in a moment.",
+}
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, human: str, data: Any) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(human)
+
+
+# --- shared option handling -----------------------------------------------------------------
+
+
+def home_of(args: argparse.Namespace) -> Home:
+    return Home(Path(args.home) if args.home else default_home())
+
+
+def node_url(args: argparse.Namespace, home: Home) -> str:
+    url: str = args.node or home.settings().get("node") or DEFAULT_NODE
+    return url.rstrip("/")
+
+
+def member_key(home: Home) -> SecretKey:
+    if not home.has_key():
+        raise CliError(f"no member key in {home.path}: make one with `tally key new`")
+    try:
+        return home.key()
+    except KeyFormatError as exc:
+        raise CliError(exc.message) from exc
+
+
+def steward_keys(args: argparse.Namespace) -> list[SecretKey]:
+    paths = [Path(p) for p in (args.steward_key or [])]
+    if not paths:
+        for candidate in (home_of(args).path / STEWARD_KEY, default_data_dir() / STEWARD_KEY):
+            if candidate.exists():
+                paths = [candidate]
+                break
+    if not paths:
+        raise CliError(
+            "no steward key found: pass --steward-key FILE (the operator's is "
+            f"{default_data_dir() / STEWARD_KEY} on the node's machine)"
+        )
+    keys = []
+    for path in paths:
+        try:
+            keys.append(read_key_file(path)[1])
+        except FileNotFoundError as exc:
+            raise CliError(f"no key file at {path}") from exc
+        except KeyFormatError as exc:
+            raise CliError(f"{path}: {exc.message}") from exc
+    return keys
+
+
+def amount_arg(text: str, unit: Unit, what: str) -> int:
+    try:
+        return parse_amount(text, unit)
+    except AmountError as exc:
+        raise CliError(f"{what}: {exc}") from exc
+
+
+async def with_client(
+    args: argparse.Namespace,
+    fn: Callable[[TallyClient, NodeInfo, Home], Awaitable[None]],
+    key: SecretKey | None = None,
+) -> None:
+    home = home_of(args)
+    url = node_url(args, home)
+    async with TallyClient(url, key) as client:
+        info = await client.info()
+        home.remember(node=url)
+        await fn(client, info, home)
+
+
+async def my_handle(args: argparse.Namespace, client: TallyClient, home: Home) -> str:
+    explicit: str | None = getattr(args, "as_handle", None)
+    if explicit:
+        return explicit
+    settings = home.settings()
+    if settings.get("handle") and settings.get("node") == client.url:
+        return str(settings["handle"])
+    me = await client.whoami()
+    if not me.get("handle"):
+        raise CliError("this key is not a member's: ask a steward to admit it (`tally key show`)")
+    home.remember(handle=me["handle"])
+    return str(me["handle"])
+
+
+# --- operator: tally node ... -----------------------------------------------------------------
+
+
+def cmd_node_init(args: argparse.Namespace) -> None:
+    from node.service import init_data_dir
+
+    data = Path(args.data) if args.data else default_data_dir()
+    unit = Unit(args.unit, args.unit_name or args.unit.lower(), args.scale)
+    try:
+        result = asyncio.run(init_data_dir(data, name=args.name, unit=unit))
+    except InitError as exc:
+        raise CliError(str(exc)) from exc
+    emit(
+        args,
+        f"Initialised {result.name!r} in {data}\n"
+        f"  ledger id     {result.ledger_id}\n"
+        f"  unit          {unit.name} ({unit.code}, {unit.scale} smallest units each)\n"
+        f"  node key      {result.node_key_path}\n"
+        f"  steward key   {result.steward_key_path}   (keep it safe: it admits members)\n"
+        f"Run it with: tally node run --data {data}",
+        {"data_dir": str(data), "ledger_id": result.ledger_id, "name": result.name,
+         "unit": unit.to_json(), "steward_key": str(result.steward_key_path)},
+    )
+
+
+async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
+    from node.server import serve, wait_for_stop_signal
+    from node.service import Node, init_data_dir
+
+    fresh = not is_initialised(data)
+    if fresh:
+        await init_data_dir(data)
+    config = load_config(data)
+    host, port = parse_listen(listen or config.node.listen)
+    node = Node(data, config)
+    try:
+        served = await serve(node, host, port)
+    except OSError as exc:
+        raise CliError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); "
+            "choose another with --listen HOST:PORT"
+        ) from exc
+    info = node.ledger
+    message = (
+        f"Tally node {info.genesis.name!r} {'initialised and ' if fresh else ''}running\n"
+        f"  listening on  {served.url}\n"
+        f"  data          {data}\n"
+        f"  steward key   {data / STEWARD_KEY}\n"
+        f"  ledger id     {info.ledger_id}\n"
+        f"  log entries   {info.size}\n"
+        f"Admit a member: tally member admit HANDLE PUBLIC_KEY --node {served.url}\n"
+        "Stop with Ctrl-C."
+    )
+    if json_out:
+        print(json.dumps({"url": served.url, "data_dir": str(data),
+                          "ledger_id": info.ledger_id}), flush=True)
+    else:
+        print(message, flush=True)
+    try:
+        await wait_for_stop_signal()
+    finally:
+        log.info("stopping")
+        await served.close()
+
+
+def cmd_node_run(args: argparse.Namespace) -> None:
+    data = Path(args.data) if args.data else default_data_dir()
+    try:
+        asyncio.run(_run_node(data, args.listen, args.json))
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}") from exc
+
+
+def cmd_node_info(args: argparse.Namespace) -> None:
+    from node import storage
+
+    data = Path(args.data) if args.data else default_data_dir()
+    if not is_initialised(data):
+        raise CliError(f"no node in {data}: run `tally node init --data {data}`")
+
+    async def read() -> dict[str, Any]:
+        db = await storage.open_db(data / storage.DB_FILE)
+        try:
+            state = await storage.load_state(db)
+        finally:
+            await db.close()
+        return {
+            "data_dir": str(data),
+            "name": state.genesis.name,
+            "ledger_id": state.ledger_id,
+            "node_key": state.genesis.node_key.text,
+            "unit": state.genesis.unit.to_json(),
+            "stewards": sorted(k.text for k in state.stewards),
+            "threshold": state.threshold,
+            "members": sum(1 for a in state.accounts.values() if a.kind == "member"),
+            "log_size": state.size,
+        }
+
+    doc = asyncio.run(read())
+    emit(
+        args,
+        "\n".join(f"{k:12} {v}" for k, v in doc.items() if k != "stewards")
+        + f"\n{'stewards':12} " + ", ".join(doc["stewards"]),
+        doc,
+    )
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def cmd_key_new(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    if home.has_key():
+        raise CliError(
+            f"{home.key_path} already exists; `tally key show` prints its public key "
+            "(use another --home for a second identity)"
+        )
+    key = home.new_key()
+    emit(
+        args,
+        f"Made a new key in {home.key_path} (keep it private; back it up).\n"
+        f"Your public key:\n  {key.public.text}\n"
+        "Give it to a steward of your collective, who admits you with:\n"
+        f"  tally member admit YOUR_HANDLE {key.public.text}",
+        {"public_key": key.public.text, "key_file": str(home.key_path)},
+    )
+
+
+def cmd_key_show(args: argparse.Namespace) -> None:
+    key = member_key(home_of(args))
+    emit(args, key.public.text, {"public_key": key.public.text})
+
+
+# --- stewards ---------------------------------------------------------------------------------
+
+
+async def _submit_act(
+    args: argparse.Namespace, client: TallyClient, info: NodeInfo, kind: str, **fields: Any
+) -> None:
+    keys = steward_keys(args)
+    msg = await client.build_act(kind, **fields)
+    signed = sign_message(msg, *keys)
+    if len(keys) < info.threshold or args.out:
+        out = Path(args.out or f"act-{msg.id[:8]}.json")  # type: ignore[union-attr]
+        out.write_text(json.dumps(signed.to_json(), indent=2) + "\n")
+        emit(
+            args,
+            f"Saved the {kind} act, signed by {len(keys)} of the {info.threshold} stewards "
+            f"needed, to {out}.\nOther stewards sign it with `tally act sign {out} "
+            f"--steward-key FILE`; then `tally act submit {out}`.",
+            {"saved": str(out), "signatures": len(keys), "needed": info.threshold},
+        )
+        return
+    receipt = await client.submit_act(signed)
+    emit(args, f"{kind}: {receipt['result']} (log index {receipt['index']})", receipt)
+
+
+def _limits(args: argparse.Namespace, info: NodeInfo) -> dict[str, int]:
+    debit = (
+        amount_arg(args.debit_limit, info.unit, "--debit-limit")
+        if args.debit_limit is not None
+        else info.default_debit_limit
+    )
+    credit = (
+        amount_arg(args.credit_limit, info.unit, "--credit-limit")
+        if args.credit_limit is not None
+        else info.default_credit_limit
+    )
+    return {"debit_limit": debit, "credit_limit": credit}
+
+
+def _public_key(text: str) -> PublicKey:
+    try:
+        return PublicKey.parse(text)
+    except KeyFormatError as exc:
+        raise CliError(f"{text!r} is not a public key (43 characters, from `tally key new`)") from exc
+
+
+def cmd_member_admit(args: argparse.Namespace) -> None:
+    key = _public_key(args.public_key)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        await _submit_act(args, client, info, "admit", handle=args.handle, key=key,
+                          **_limits(args, info))
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_member_limits(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        if args.debit_limit is None and args.credit_limit is None:
+            raise CliError("give --debit-limit and/or --credit-limit")
+        current = {"debit_limit": info.default_debit_limit,
+                   "credit_limit": info.default_credit_limit}
+        if args.debit_limit is None or args.credit_limit is None:
+            client.key = steward_keys(args)[0]
+            account = await client.account(args.handle)
+            current = {"debit_limit": account["debit_limit"],
+                       "credit_limit": account["credit_limit"]}
+        limits = {
+            "debit_limit": amount_arg(args.debit_limit, info.unit, "--debit-limit")
+            if args.debit_limit is not None else current["debit_limit"],
+            "credit_limit": amount_arg(args.credit_limit, info.unit, "--credit-limit")
+            if args.credit_limit is not None else current["credit_limit"],
+        }
+        await _submit_act(args, client, info, "set_limits", handle=args.handle, **limits)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_member_close(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        await _submit_act(args, client, info, "close", handle=args.handle)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_member_rekey(args: argparse.Namespace) -> None:
+    key = _public_key(args.public_key)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        await _submit_act(args, client, info, "rekey", handle=args.handle, key=key)
+
+    asyncio.run(with_client(args, run))
+
+
+def _steward_change(args: argparse.Namespace, add: bool) -> None:
+    key = _public_key(args.public_key)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        current = list(info.stewards)
+        if add:
+            if key in current:
+                raise CliError("that key is already a steward")
+            new = current + [key]
+        else:
+            if key not in current:
+                raise CliError("that key is not a steward")
+            new = [k for k in current if k != key]
+            if not new:
+                raise CliError("a collective needs at least one steward")
+        threshold = args.threshold if args.threshold is not None else min(info.threshold, len(new))
+        await _submit_act(args, client, info, "set_stewards", stewards=tuple(new),
+                          threshold=threshold)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_steward_add(args: argparse.Namespace) -> None:
+    _steward_change(args, add=True)
+
+
+def cmd_steward_remove(args: argparse.Namespace) -> None:
+    _steward_change(args, add=False)
+
+
+def cmd_steward_list(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        emit(
+            args,
+            f"{info.threshold} of these {len(info.stewards)} must sign each act:\n"
+            + "\n".join(f"  {k.text}" for k in info.stewards),
+            {"threshold": info.threshold, "stewards": [k.text for k in info.stewards]},
+        )
+
+    asyncio.run(with_client(args, run))
+
+
+def _load_act(path: Path) -> Signed:
+    from crypto.canonical import CanonicalError, parse_json
+    from protocol.messages import MessageError, STEWARD_ACT_TYPES
+
+    try:
+        return parse_signed(parse_json(path.read_bytes()), STEWARD_ACT_TYPES)
+    except FileNotFoundError as exc:
+        raise CliError(f"no file {path}") from exc
+    except (CanonicalError, MessageError) as exc:
+        raise CliError(f"{path} is not a signed act: {exc}") from exc
+
+
+def cmd_act_sign(args: argparse.Namespace) -> None:
+    path = Path(args.file)
+    signed = _load_act(path)
+    keys = steward_keys(args)
+    extra = sign_message(signed.msg, *keys).sigs
+    have = {s.key for s in signed.sigs}
+    merged = Signed(signed.msg, signed.sigs + tuple(s for s in extra if s.key not in have))
+    path.write_text(json.dumps(merged.to_json(), indent=2) + "\n")
+    emit(args, f"{path} now carries {len(merged.sigs)} signature(s)",
+         {"file": str(path), "signatures": len(merged.sigs)})
+
+
+def cmd_act_submit(args: argparse.Namespace) -> None:
+    signed = _load_act(Path(args.file))
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        receipt = await client.submit_act(signed)
+        emit(args, f"{signed.msg.type}: {receipt['result']} (log index {receipt['index']})",
+             receipt)
+
+    asyncio.run(with_client(args, run))
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def cmd_pay(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = member_key(home)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        amount = amount_arg(args.amount, info.unit, "amount")
+        payer = await my_handle(args, client, home)
+        receipt = await client.pay(payer, args.payee, amount, memo=args.memo)
+        word = "Paid" if receipt["result"] == "ok" else "Already paid"
+        emit(
+            args,
+            f"{word} {format_amount(amount, info.unit)} to {args.payee} "
+            f"(transfer {receipt['id']}, log index {receipt['index']})",
+            receipt,
+        )
+
+    asyncio.run(with_client(args, run, key))
+
+
+def _account_line(account: dict[str, Any], unit: Unit) -> str:
+    pending = ""
+    if account["pending_debit"] or account["pending_credit"]:
+        pending = (f"  (pending -{format_amount(account['pending_debit'], unit, False)} "
+                   f"+{format_amount(account['pending_credit'], unit, False)})")
+    closed = "  [closed]" if account["status"] != "open" else ""
+    return (
+        f"{account['handle']:16} {format_amount(account['balance'], unit):>16}"
+        f"   may go to -{format_amount(account['debit_limit'], unit, False)}"
+        f" / +{format_amount(account['credit_limit'], unit, False)}{pending}{closed}"
+    )
+
+
+def cmd_balance(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = member_key(home)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        if args.all:
+            accounts = await client.accounts()
+            total = sum(a["balance"] for a in accounts)
+            emit(
+                args,
+                "\n".join(_account_line(a, info.unit) for a in accounts)
+                + f"\n{'(sum)':16} {format_amount(total, info.unit):>16}",
+                accounts,
+            )
+            return
+        handle = args.handle or await my_handle(args, client, home)
+        account = await client.account(handle)
+        emit(args, _account_line(account, info.unit), account)
+
+    asyncio.run(with_client(args, run, key))
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = member_key(home)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        handle = args.handle or await my_handle(args, client, home)
+        postings = await client.history(handle, limit=args.limit)
+        if args.csv:
+            writer = csv.writer(sys.stdout)
+            writer.writerow(["index", "time_ms", "id", "counterparty", "amount",
+                             f"amount_{info.unit.code.lower()}", "memo"])
+            for p in postings:
+                writer.writerow([p["index"], p["node_time"], p["id"], p["counterparty"],
+                                 p["amount"], format_amount(p["amount"], info.unit, False),
+                                 p["memo"] or ""])
+            return
+        from datetime import datetime, timezone
+
+        lines = []
+        for p in postings:
+            when = datetime.fromtimestamp(p["node_time"] / 1000, timezone.utc)
+            direction = "from" if p["amount"] > 0 else "to  "
+            memo = f"  {p['memo']}" if p["memo"] else ""
+            lines.append(
+                f"{when:%Y-%m-%d %H:%M}  {format_amount(p['amount'], info.unit):>14}  "
+                f"{direction} {p['counterparty']}{memo}"
+            )
+        emit(args, "\n".join(lines) or f"No transfers yet for {handle}.", postings)
+
+    asyncio.run(with_client(args, run, key))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from node.demo import run_demo
+
+    asyncio.run(run_demo(serve_forever=args.serve, transfers=args.transfers,
+                         json_out=args.json, base_port=args.port))
+
+
+# --- the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tally",
+        description="Tally: a mutual-credit ledger for co-ops and time banks, run by its members.",
+        epilog="Start here: `tally node run` (operators), `tally key new` (members), "
+        "`tally demo` (try it all on this machine).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    client_opts = argparse.ArgumentParser(add_help=False)
+    client_opts.add_argument("--node", metavar="URL",
+                             help=f"the node's URL (remembered; default {DEFAULT_NODE})")
+    client_opts.add_argument("--home", metavar="DIR",
+                             help="your key and settings (default ~/.tally or $TALLY_HOME)")
+    client_opts.add_argument("--json", action="store_true", help="print JSON")
+    steward_opts = argparse.ArgumentParser(add_help=False)
+    steward_opts.add_argument("--steward-key", metavar="FILE", action="append",
+                              help="a steward key file (repeat for k-of-n; default: the "
+                              "operator's steward.key)")
+    steward_opts.add_argument("--out", metavar="FILE",
+                              help="save the signed act to FILE instead of submitting it")
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", help="print JSON")
+    data_opt = argparse.ArgumentParser(add_help=False)
+    data_opt.add_argument("--data", metavar="DIR",
+                          help="the node's data directory (default $TALLY_DATA or "
+                          "~/.local/share/tally/node)")
+
+    # tally node ...
+    node = sub.add_parser("node", help="run and inspect this collective's node (operators)")
+    nsub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
+    p = nsub.add_parser("init", parents=[data_opt, json_opt],
+                        help="make a new collective: keys and the signed genesis entry")
+    p.add_argument("--name", default="Tally collective", help="the collective's name")
+    p.add_argument("--unit", default="HOUR", help="unit code, e.g. HOUR or CREDIT")
+    p.add_argument("--unit-name", help="unit name people read, e.g. hours (default: the code)")
+    p.add_argument("--scale", type=int, default=60,
+                   help="smallest units per unit: 60 counts minutes of an hour, 100 cents")
+    p.set_defaults(func=cmd_node_init)
+    p = nsub.add_parser("run", parents=[data_opt, json_opt],
+                        help="serve the node (initialising the data directory on first use)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="where to listen (default from config, 127.0.0.1:7300)")
+    p.set_defaults(func=cmd_node_run)
+    p = nsub.add_parser("info", parents=[data_opt, json_opt], help="show the node's ledger")
+    p.set_defaults(func=cmd_node_info)
+
+    # tally key ...
+    key = sub.add_parser("key", help="your member key")
+    ksub = key.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("new", parents=[client_opts], help="make your key (stays on this machine)")
+    p.set_defaults(func=cmd_key_new)
+    p = ksub.add_parser("show", parents=[client_opts], help="print your public key")
+    p.set_defaults(func=cmd_key_show)
+
+    # tally member ...
+    member = sub.add_parser("member", help="admit members and set their limits (stewards)")
+    msub = member.add_subparsers(dest="member_command", metavar="ACTION", required=True)
+    p = msub.add_parser("admit", parents=[client_opts, steward_opts],
+                        help="admit a member: their handle and public key")
+    p.add_argument("handle")
+    p.add_argument("public_key")
+    p.add_argument("--debit-limit", metavar="X", help="how far below zero (in units; "
+                   "default from the node)")
+    p.add_argument("--credit-limit", metavar="X", help="how far above zero")
+    p.set_defaults(func=cmd_member_admit)
+    p = msub.add_parser("limits", parents=[client_opts, steward_opts],
+                        help="change a member's limits")
+    p.add_argument("handle")
+    p.add_argument("--debit-limit", metavar="X")
+    p.add_argument("--credit-limit", metavar="X")
+    p.set_defaults(func=cmd_member_limits)
+    p = msub.add_parser("close", parents=[client_opts, steward_opts],
+                        help="close an account (its balance must be zero)")
+    p.add_argument("handle")
+    p.set_defaults(func=cmd_member_close)
+    p = msub.add_parser("rekey", parents=[client_opts, steward_opts],
+                        help="bind a member's account to a new key (lost or stolen key)")
+    p.add_argument("handle")
+    p.add_argument("public_key")
+    p.set_defaults(func=cmd_member_rekey)
+
+    # tally steward ...
+    steward = sub.add_parser("steward", help="change who the stewards are")
+    ssub = steward.add_subparsers(dest="steward_command", metavar="ACTION", required=True)
+    for name, func, text in (("add", cmd_steward_add, "add a steward"),
+                             ("remove", cmd_steward_remove, "remove a steward")):
+        p = ssub.add_parser(name, parents=[client_opts, steward_opts], help=text)
+        p.add_argument("public_key")
+        p.add_argument("--threshold", type=int, metavar="K",
+                       help="how many stewards must sign each act from now on")
+        p.set_defaults(func=func)
+    p = ssub.add_parser("list", parents=[client_opts], help="the stewards and the threshold")
+    p.set_defaults(func=cmd_steward_list)
+
+    # tally act ...
+    act = sub.add_parser("act", help="collect k-of-n steward signatures on a saved act")
+    asub = act.add_subparsers(dest="act_command", metavar="ACTION", required=True)
+    p = asub.add_parser("sign", parents=[client_opts, steward_opts], help="add your signature")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_act_sign)
+    p = asub.add_parser("submit", parents=[client_opts], help="submit a fully signed act")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_act_submit)
+
+    # members
+    p = sub.add_parser("pay", parents=[client_opts], help="pay another member")
+    p.add_argument("payee", help="the payee's handle")
+    p.add_argument("amount", help="in the collective's unit, e.g. 1.5 (hours)")
+    p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash)")
+    p.add_argument("--as", dest="as_handle", metavar="HANDLE", help="your handle, if not known")
+    p.set_defaults(func=cmd_pay)
+    p = sub.add_parser("balance", parents=[client_opts], help="your balance and limits")
+    p.add_argument("handle", nargs="?", help="another member's (open books only)")
+    p.add_argument("--all", action="store_true", help="every account")
+    p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_balance)
+    p = sub.add_parser("history", parents=[client_opts], help="your transfers, newest first")
+    p.add_argument("handle", nargs="?")
+    p.add_argument("--csv", action="store_true", help="CSV for a spreadsheet")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N postings")
+    p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("demo", parents=[json_opt],
+                       help="three collectives on this machine, with members paying each other")
+    p.add_argument("--serve", action="store_true", help="keep the nodes running until Ctrl-C")
+    p.add_argument("--transfers", type=int, default=300, help="how many transfers to run")
+    p.add_argument("--port", type=int, default=0,
+                   help="first port to use (default: any free ports)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        args.func(args)
+    except CliError as exc:
+        print(f"tally: {exc}", file=sys.stderr)
+        return 1
+    except TallyError as exc:
+        hint = HINTS.get(exc.code, "")
+        print(f"tally: refused ({exc.code}): {exc.detail}", file=sys.stderr)
+        if hint:
+            print(f"  {hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print(f"tally: configuration: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

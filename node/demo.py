@@ -1,0 +1,159 @@
+"""``tally demo``: three collectives on this machine, members paying each other.
+
+Layer: node. Everything runs on loopback in a temporary directory: three nodes (a time bank,
+a food co-op and a workers' co-op), five members each with keys in their own home
+directories, and a few hundred transfers signed by those members — some deliberately
+beyond a limit, to show a refusal. The summary gives each node's URL; with ``--serve`` the
+nodes keep running so you can try the CLI against them (the homes are printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypto.keys import read_key_file
+from node.client import TallyClient, TallyError, transfer_body
+from node.config import Config, LogSettings
+from node.home import Home
+from node.server import Served, serve, wait_for_stop_signal
+from node.service import STEWARD_KEY, Node, init_data_dir
+from protocol.messages import Unit
+from protocol.units import format_amount
+
+COLLECTIVES = [
+    ("Riverside Time Bank", Unit("HOUR", "hours", 60), ["ana", "ben", "chloe", "dev", "eli"]),
+    ("Greenway Food Co-op", Unit("CREDIT", "credits", 100), ["fay", "gus", "hana", "ivo", "jun"]),
+    ("Northside Workers", Unit("HOUR", "hours", 60), ["kai", "lea", "max", "nia", "oli"]),
+]
+
+
+@dataclass
+class DemoNode:
+    name: str
+    unit: Unit
+    served: Served
+    homes: dict[str, Path] = field(default_factory=dict)
+    accepted: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+
+
+def _say(json_out: bool, text: str) -> None:
+    if not json_out:
+        print(text, flush=True)
+
+
+async def run_demo(
+    serve_forever: bool = False,
+    transfers: int = 300,
+    json_out: bool = False,
+    base_port: int = 0,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    root = Path(tempfile.mkdtemp(prefix="tally-demo-"))
+    _say(json_out, f"Tally demo in {root}")
+    nodes: list[DemoNode] = []
+    config = Config(log=LogSettings(public_entries=True))
+    try:
+        for i, (name, unit, members) in enumerate(COLLECTIVES):
+            data = root / f"node{i + 1}"
+            await init_data_dir(data, name=name, unit=unit)
+            port = base_port + i if base_port else 0
+            served = await serve(Node(data, config), "127.0.0.1", port)
+            demo = DemoNode(name, unit, served)
+            nodes.append(demo)
+            steward = read_key_file(data / STEWARD_KEY)[1]
+            async with TallyClient(served.url) as client:
+                for handle in members:
+                    home = Home(root / "homes" / f"{handle}")
+                    key = home.new_key()
+                    home.remember(node=served.url, handle=handle)
+                    demo.homes[handle] = home.path
+                    await client.admit(handle, key.public, [steward],
+                                       debit_limit=20 * unit.scale, credit_limit=40 * unit.scale)
+            _say(json_out, f"  {name}: {served.url}, {len(members)} members admitted")
+
+        _say(json_out, f"Running {transfers} signed transfers...")
+        per_node = [transfers // len(nodes) + (1 if i < transfers % len(nodes) else 0)
+                    for i in range(len(nodes))]
+        for demo, count, (_, unit, members) in zip(nodes, per_node, COLLECTIVES):
+            keys = {h: Home(demo.homes[h]).key() for h in members}
+            async with TallyClient(demo.served.url) as client:
+                info = await client.info()
+            bodies = []
+            for n in range(count):
+                payer, payee = rng.sample(members, 2)
+                # Mostly small payments; now and then one far beyond any limit, refused.
+                amount = rng.randint(1, 3 * unit.scale) if n % 50 else 100 * unit.scale
+                bodies.append(transfer_body(keys[payer], info.ledger_id, payer, payee, amount,
+                                            memo=rng.choice(["gardening", "childcare", "repairs",
+                                                             "lessons", "cooking", None])))
+            async with TallyClient(demo.served.url) as client:
+                for start in range(0, len(bodies), 100):
+                    result = await client.submit_batch(bodies[start : start + 100])
+                    for r in result["results"]:
+                        if r["result"] in ("ok", "exists"):
+                            demo.accepted += 1
+                        else:
+                            demo.refused[r["result"]] = demo.refused.get(r["result"], 0) + 1
+
+        summary = await _summary(nodes)
+        if json_out:
+            print(json.dumps(summary, indent=2), flush=True)
+        else:
+            for demo, s in zip(nodes, summary["nodes"]):
+                refused = ", ".join(f"{v} {k}" for k, v in demo.refused.items()) or "none"
+                print(f"\n{demo.name}  {demo.served.url}")
+                print(f"  transfers accepted {demo.accepted}, refused {refused}; "
+                      f"log size {s['log_size']}; balances sum to {s['sum']}")
+                for a in s["accounts"]:
+                    print(f"    {a['handle']:8} {format_amount(a['balance'], demo.unit):>20}")
+        if serve_forever:
+            first = nodes[0]
+            handle = next(iter(first.homes))
+            _say(json_out, (
+                "\nThe nodes keep running; try, in another terminal:\n"
+                f"  tally balance --home {first.homes[handle]}\n"
+                f"  tally pay {list(first.homes)[1]} 1.5 --memo thanks --home {first.homes[handle]}\n"
+                f"  tally history --home {first.homes[handle]}\n"
+                "Stop with Ctrl-C."
+            ))
+            await wait_for_stop_signal()
+        return summary
+    except TallyError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        raise
+    finally:
+        for demo in nodes:
+            await demo.served.close()
+
+
+async def _summary(nodes: list[DemoNode]) -> dict[str, Any]:
+    out = []
+    for demo in nodes:
+        home = Home(next(iter(demo.homes.values())))
+        async with TallyClient(demo.served.url, home.key()) as client:
+            accounts = await client.accounts()
+            info = await client.info(refresh=True)
+        out.append({
+            "name": demo.name,
+            "url": demo.served.url,
+            "accepted": demo.accepted,
+            "refused": demo.refused,
+            "log_size": info.raw["log_size"],
+            "sum": sum(a["balance"] for a in accounts),
+            "accounts": [{"handle": a["handle"], "balance": a["balance"]} for a in accounts],
+            "homes": {h: str(p) for h, p in demo.homes.items()},
+        })
+    return {"nodes": out}
+
+
+if __name__ == "__main__":
+    asyncio.run(run_demo(serve_forever="--serve" in sys.argv))
