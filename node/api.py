@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import aiosqlite
 from aiohttp import web
 
 from crypto.canonical import parse_json
@@ -348,7 +349,8 @@ async def _account_or_404(node: Node, handle: str) -> dict[str, Any]:
     ) as cur:
         row = await cur.fetchone()
     if row is None:
-        raise Problem(ResultCode.account_not_found, f"no account {handle!r}")
+        # 404, not the 422 a transfer naming an unknown account gets: a read of no resource.
+        raise Problem(ResultCode.account_not_found, f"no account {handle!r}", status=404)
     return storage.account_from_row(row).to_json()
 
 
@@ -369,7 +371,8 @@ def _int_param(request: web.Request, name: str, default: int | None, low: int, h
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isdigit() alone takes "²" (int() fails) and 5,000 digits (over int()'s limit): a 500.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 16) or not low <= int(raw) <= high:
         raise Problem(
             ResultCode.invalid_field, f"query {name} must be an integer from {low} to {high}",
             field=name,
@@ -415,6 +418,32 @@ async def get_event(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+async def erase_memos(request: web.Request) -> web.Response:
+    """Erase the memos of every transfer a member took part in: for a member who leaves.
+
+    The log keeps only salted hashes of memos, so it verifies exactly as before.
+    """
+    reader = await authenticate(request)
+    if not reader.steward:
+        raise Problem(ResultCode.forbidden, "only a steward may erase memos")
+    node = request.app[NODE]
+    handle = _path_handle(request)
+    await _account_or_404(node, handle)
+    erased = 0
+
+    async def erase(db: aiosqlite.Connection) -> None:
+        nonlocal erased
+        cur = await db.execute(
+            "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?)",
+            (handle,),
+        )
+        erased = cur.rowcount
+
+    assert node.writer is not None
+    await node.writer.write(erase)
+    return web.json_response({"handle": handle, "erased": erased})
+
+
 def make_app(node: Node) -> web.Application:
     cfg = node.config.api
     app = web.Application(
@@ -435,6 +464,11 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/accounts/{handle}", get_account)
     app.router.add_get("/v1/accounts/{handle}/history", get_history)
     app.router.add_get("/v1/events/{id}", get_event)
+    app.router.add_post("/v1/accounts/{handle}/erase-memos", erase_memos)
+    # The log routes need this module's NODE and authenticate: registered here, imported late.
+    from node.logapi import add_log_routes
+
+    add_log_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await node.start()

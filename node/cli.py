@@ -493,6 +493,16 @@ def cmd_balance(args: argparse.Namespace) -> None:
         handle = args.handle or await my_handle(args, client, home)
         account = await client.account(handle)
         emit(args, _account_line(account, info.unit), account)
+        if not args.no_verify and handle == await my_handle(args, client, home):
+            from node.verify import VerificationFailed, verify_member
+
+            try:
+                report = await verify_member(client, handle, home.path)
+            except VerificationFailed as exc:
+                raise CliError(f"VERIFICATION FAILED: {exc}") from exc
+            if not args.json:
+                print(f"(log verified: checkpoint {report.checkpoint_size}, "
+                      f"{report.entries_checked} new entries of yours checked)")
 
     asyncio.run(with_client(args, run, key))
 
@@ -527,6 +537,67 @@ def cmd_history(args: argparse.Namespace) -> None:
         emit(args, "\n".join(lines) or f"No transfers yet for {handle}.", postings)
 
     asyncio.run(with_client(args, run, key))
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from node.verify import VerificationFailed, verify_member
+
+    home = home_of(args)
+    key = member_key(home)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        handle = await my_handle(args, client, home)
+        try:
+            report = await verify_member(client, handle, home.path, recheck_all=args.all)
+        except VerificationFailed as exc:
+            raise CliError(f"VERIFICATION FAILED: {exc}") from exc
+        emit(
+            args,
+            "\n".join(report.lines) + f"\nThe node's log checks out for {handle}.",
+            {"checkpoint_size": report.checkpoint_size, "previous_size": report.previous_size,
+             "entries_checked": report.entries_checked, "checks": report.lines},
+        )
+
+    asyncio.run(with_client(args, run, key))
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from node.audit import AuditFailed, audit_log, dir_source, dump_json, format_report, http_source
+
+    async def run() -> int:
+        if args.dir:
+            report = await audit_log(dir_source(Path(args.dir)), vkey=args.vkey,
+                                     progress=sys.stderr.isatty())
+        else:
+            home = home_of(args)
+            key = home.key() if home.has_key() else None
+            async with TallyClient(node_url(args, home), key) as client:
+                report = await audit_log(
+                    http_source(client),
+                    vkey=args.vkey,
+                    served_accounts=client.accounts if key is not None else None,
+                    save=Path(args.save) if args.save else None,
+                    progress=sys.stderr.isatty(),
+                )
+        emit(args, format_report(report), report.to_json())
+        return 0 if report.passed else 1
+
+    try:
+        code = asyncio.run(run())
+    except AuditFailed as exc:
+        raise CliError(f"AUDIT FAILED: {exc}") from exc
+    if code:
+        raise SystemExit(code)
+
+
+def cmd_erase_memos(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        client.key = steward_keys(args)[0]
+        result = await client.erase_memos(args.handle)
+        emit(args, f"Erased {result['erased']} memo(s) of {args.handle}; the log still verifies "
+             "(it holds only salted hashes of memos).", result)
+
+    asyncio.run(with_client(args, run))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -616,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="close an account (its balance must be zero)")
     p.add_argument("handle")
     p.set_defaults(func=cmd_member_close)
+    p = msub.add_parser("erase-memos", parents=[client_opts, steward_opts],
+                        help="erase a departing member's memos (the log still verifies)")
+    p.add_argument("handle")
+    p.set_defaults(func=cmd_erase_memos)
     p = msub.add_parser("rekey", parents=[client_opts, steward_opts],
                         help="bind a member's account to a new key (lost or stolen key)")
     p.add_argument("handle")
@@ -656,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("handle", nargs="?", help="another member's (open books only)")
     p.add_argument("--all", action="store_true", help="every account")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip checking the node's log (see `tally verify`)")
     p.set_defaults(func=cmd_balance)
     p = sub.add_parser("history", parents=[client_opts], help="your transfers, newest first")
     p.add_argument("handle", nargs="?")
@@ -663,6 +740,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="at most N postings")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("verify", parents=[client_opts],
+                       help="check that your transfers are in the node's log and it was "
+                       "never rewritten")
+    p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
+    p.add_argument("--all", action="store_true",
+                   help="re-check every entry of yours, not only those new since last time")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("audit", parents=[client_opts],
+                       help="check a whole log: signatures, tree, tiles, and every balance "
+                       "replayed from empty")
+    p.add_argument("--dir", metavar="DIR", help="audit a log saved with --save, offline")
+    p.add_argument("--save", metavar="DIR", help="also save the log here for offline audits")
+    p.add_argument("--vkey", metavar="KEY",
+                   help="the log key you trust (name+hash+key); default: the node's")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", parents=[json_opt],
                        help="three collectives on this machine, with members paying each other")

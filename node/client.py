@@ -168,6 +168,23 @@ class TallyClient:
         signed: bool = False,
         idempotent: bool = True,
     ) -> tuple[int, Any]:
+        status, raw = await self._request_raw(method, path, body, signed=signed,
+                                              idempotent=idempotent)
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = None
+        return status, doc
+
+    async def _request_raw(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        signed: bool = False,
+        idempotent: bool = True,
+    ) -> tuple[int, bytes]:
         data = canonical_json(body) if body is not None else b""
         attempts = self.retries + 1 if idempotent else 1
         last: Exception | None = None
@@ -187,10 +204,6 @@ class TallyClient:
                 last = exc
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
                 continue
-            try:
-                doc = json.loads(raw) if raw else None
-            except ValueError:
-                doc = None
             if status in (429, 503) and attempt + 1 < attempts:
                 await asyncio.sleep(min(5.0, float(retry_after or 1)))
                 continue
@@ -198,10 +211,14 @@ class TallyClient:
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
                 continue
             if status >= 400:
+                try:
+                    doc = json.loads(raw)
+                except ValueError:
+                    doc = None
                 if isinstance(doc, dict) and "code" in doc:
                     raise TallyError(doc["code"], doc.get("detail", ""), status, doc)
                 raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status)
-            return status, doc
+            return status, raw
         raise TallyError(
             "unreachable",
             f"could not reach the node at {self.url} ({last}); "
@@ -223,6 +240,17 @@ class TallyClient:
             created=int(time.time()),
             nonce=b64url(os.urandom(16)),
         )
+
+    # --- reads by path ------------------------------------------------------------------
+
+    async def get_json(self, path: str, signed: bool = False) -> Any:
+        return (await self._request("GET", path, signed=signed))[1]
+
+    async def get_bytes(self, path: str, signed: bool = False) -> bytes:
+        return (await self._request_raw("GET", path, signed=signed))[1]
+
+    async def get_text(self, path: str, signed: bool = False) -> str:
+        return (await self.get_bytes(path, signed)).decode("utf-8")
 
     # --- public reads ------------------------------------------------------------------
 
@@ -289,6 +317,11 @@ class TallyClient:
         return (await self._request("GET", f"/v1/events/{event_id}", signed=True))[1]  # type: ignore[no-any-return]
 
     # --- stewards ----------------------------------------------------------------------
+
+    async def erase_memos(self, handle: str) -> dict[str, Any]:
+        """Erase the memos of every transfer ``handle`` took part in (a signed steward request)."""
+        path = f"/v1/accounts/{handle}/erase-memos"
+        return (await self._request("POST", path, {}, signed=True))[1]  # type: ignore[no-any-return]
 
     async def build_act(self, kind: str, valid_for_ms: int = 3600_000, **fields: Any) -> Message:
         info = await self.info()

@@ -29,6 +29,7 @@ from crypto.keys import SecretKey, read_key_file, write_key_file
 from protocol.ledger import LedgerState, Policy, SigCheck
 from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
 from node import storage
+from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
 from node.writer import Writer
 
@@ -127,6 +128,7 @@ class Node:
         self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="verify")
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
+        self.checkpointer: Checkpointer | None = None
 
     @property
     def ledger(self) -> LedgerState:
@@ -155,8 +157,27 @@ class Node:
             clock_ms=self.clock_ms,
         )
         await self.writer.start()
+        signer = log_signer(self.state.ledger_id, self.node_key)
+        latest = await check_not_forked(self.reader, self.data_dir, signer, self.state.size)
+        self.checkpointer = Checkpointer(
+            self.reader, self.data_dir, signer, self._store_checkpoint,
+            self.config.log.checkpoint_delay_ms,
+        )
+        self.checkpointer.latest = latest
+        self.checkpointer.committed_size = self.state.size
+        self.writer.on_commit = self.checkpointer.on_commit
         self.tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
+        self.tasks.append(asyncio.create_task(self.checkpointer.run(), name="checkpointer"))
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
+
+    async def _store_checkpoint(self, size: int, note: bytes) -> None:
+        async def insert(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT OR IGNORE INTO checkpoints (size, note) VALUES (?, ?)", (size, note)
+            )
+
+        assert self.writer is not None
+        await self.writer.write(insert)
 
     async def stop(self) -> None:
         for task in self.tasks:

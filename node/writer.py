@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiosqlite
@@ -59,7 +59,16 @@ class NonceRequest:
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-Request = EventRequest | NonceRequest
+@dataclass
+class OpRequest:
+    """A write beside the ledger rules (a checkpoint, a memo erasure), run in the batch's
+    transaction so that the writer stays the only one writing."""
+
+    run: Callable[[aiosqlite.Connection], Awaitable[None]]
+    future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+Request = EventRequest | NonceRequest | OpRequest
 
 
 class Overloaded(Exception):
@@ -119,6 +128,12 @@ class Writer:
         request = EventRequest(signed, sigcheck, memo)
         self.submit_nowait(request)
         return await request.future
+
+    async def write(self, run: Callable[[aiosqlite.Connection], Awaitable[None]]) -> None:
+        """Run ``run(db)`` inside the next batch's transaction; return after COMMIT."""
+        request = OpRequest(run)
+        self.submit_nowait(request)
+        await request.future
 
     async def remember_nonce(self, nonce: str, expires: int) -> bool:
         """Record a signed request's nonce durably; False if it was seen before (a replay)."""
@@ -182,8 +197,13 @@ class Writer:
         memos: list[tuple[int, bytes, str]] = []
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []
+        ops: list[OpRequest] = []
         stewards_changed = False
         for request in batch:
+            if isinstance(request, OpRequest):
+                ops.append(request)
+                results.append(True)
+                continue
             if isinstance(request, NonceRequest):
                 fresh = request.nonce not in self.nonces
                 if fresh:
@@ -213,7 +233,7 @@ class Writer:
             else:
                 dirty.add(msg.handle)
 
-        if not entries and not new_nonces:
+        if not entries and not new_nonces and not ops:
             return results
 
         db = self.db
@@ -258,6 +278,8 @@ class Writer:
                     cutoff = now // 1000
                     await db.execute("DELETE FROM nonces WHERE expires < ?", (cutoff,))
                     self.nonces = {n: e for n, e in self.nonces.items() if e >= cutoff}
+            for op in ops:
+                await op.run(db)
             await db.execute("COMMIT")
         except BaseException:
             for nonce, _ in new_nonces:
