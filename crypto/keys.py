@@ -19,6 +19,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import nacl.exceptions
@@ -105,12 +106,16 @@ class SecretKey:
         """Make a key from 32 bytes of randomness the caller draws (``os.urandom(32)``)."""
         return cls(random_bytes)
 
-    @property
+    @cached_property
+    def _signing_key(self) -> nacl.signing.SigningKey:
+        return nacl.signing.SigningKey(self.seed)
+
+    @cached_property
     def public(self) -> PublicKey:
-        return PublicKey(bytes(nacl.signing.SigningKey(self.seed).verify_key))
+        return PublicKey(bytes(self._signing_key.verify_key))
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(nacl.signing.SigningKey(self.seed).sign(message).signature)
+        return bytes(self._signing_key.sign(message).signature)
 
     def __repr__(self) -> str:
         return f"SecretKey(public={self.public.text})"
