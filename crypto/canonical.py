@@ -68,9 +68,12 @@ def canonical_json(value: JSONValue) -> bytes:
     them. ``_check`` refuses the rest first; a lone surrogate fails the UTF-8 encoding.
     Tests cross-check every case against the independent ``rfc8785`` package.
     """
-    _check(value)
-    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False)
+    try:
+        _check(value)
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                          allow_nan=False)
+    except RecursionError as exc:
+        raise CanonicalError("invalid_value", "JSON nested too deeply") from exc
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:

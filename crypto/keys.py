@@ -26,8 +26,7 @@ import nacl.exceptions
 import nacl.signing
 
 from crypto.canonical import JSONValue, canonical_json
-
-ALG_ED25519 = 0x01
+from crypto.note import NoteError, format_signer_key, parse_signer_key
 
 
 class KeyFormatError(ValueError):
@@ -121,38 +120,22 @@ class SecretKey:
         return f"SecretKey(public={self.public.text})"
 
 
-def note_key_hash(name: str, public: PublicKey) -> bytes:
-    """The 4-byte key hash of C2SP signed-note: SHA-256(name ‖ LF ‖ 0x01 ‖ key)[:4]."""
-    return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public.raw).digest()[:4]
-
-
-def _check_key_name(name: str) -> None:
-    if not name or "+" in name or any(c.isspace() for c in name) or not name.isprintable():
-        raise KeyFormatError("invalid_key_name", f"key name {name!r} must be non-empty, no '+' or space")
-
-
 def encode_secret_key(name: str, key: SecretKey) -> str:
-    _check_key_name(name)
-    body = base64.b64encode(bytes([ALG_ED25519]) + key.seed).decode()
-    return f"PRIVATE+KEY+{name}+{note_key_hash(name, key.public).hex()}+{body}"
+    """The key file line: Go's ``note`` private-key form (``crypto.note.format_signer_key``)."""
+    try:
+        return format_signer_key(name, key.seed)
+    except NoteError as exc:
+        raise KeyFormatError("invalid_key_name", f"key name {name!r}: {exc}") from exc
 
 
 def decode_secret_key(text: str) -> tuple[str, SecretKey]:
-    parts = text.strip().split("+", 4)
-    if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
-        raise KeyFormatError("invalid_key_file", "not a PRIVATE+KEY+<name>+<hash>+<key> line")
-    name, hash_hex, body = parts[2], parts[3], parts[4]
-    _check_key_name(name)
     try:
-        raw = base64.b64decode(body, validate=True)
-    except ValueError as exc:
-        raise KeyFormatError("invalid_key_file", "key material is not base64") from exc
-    if len(raw) != 33 or raw[0] != ALG_ED25519:
-        raise KeyFormatError("invalid_key_file", "only Ed25519 keys (algorithm 1) are supported")
-    key = SecretKey(raw[1:])
-    if note_key_hash(name, key.public).hex() != hash_hex:
-        raise KeyFormatError("invalid_key_file", "key hash does not match the key: file is damaged")
-    return name, key
+        signer = parse_signer_key(text.strip())
+    except NoteError as exc:
+        raise KeyFormatError(
+            "invalid_key_file", f"not a PRIVATE+KEY+<name>+<hash>+<key> line, or damaged: {exc}"
+        ) from exc
+    return signer.name, SecretKey(signer.seed)
 
 
 def write_key_file(path: Path, name: str, key: SecretKey) -> None:

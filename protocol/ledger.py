@@ -29,7 +29,6 @@ from typing import Literal
 
 from crypto.keys import PublicKey
 from protocol.codes import ResultCode
-from protocol.units import format_amount
 from protocol.messages import (
     Admit,
     Close,
@@ -40,6 +39,7 @@ from protocol.messages import (
     Signed,
     Transfer,
 )
+from protocol.units import format_amount
 
 AccountKind = Literal["member", "peer"]
 AccountStatus = Literal["open", "closed"]
@@ -205,6 +205,9 @@ def apply_transfer(
     payer = state.accounts.get(t.payer)
     if payer is None or payer.kind != "member":
         return Outcome(ResultCode.account_not_found, detail=f"payer {t.payer!r} does not exist")
+    payee = state.accounts.get(t.payee)
+    if payee is None or payee.kind != "member":
+        return Outcome(ResultCode.account_not_found, detail=f"payee {t.payee!r} does not exist")
     if len(signed.sigs) != 1 or signed.sigs[0].key != payer.key:
         return Outcome(ResultCode.bad_signature, detail="a transfer is signed by the payer's key alone")
     good, _ = sigcheck if sigcheck is not None else signed.verified_signers()
@@ -222,9 +225,6 @@ def apply_transfer(
         return Outcome(ResultCode.same_account, detail="payer and payee are the same account")
     if t.amount <= 0:
         return Outcome(ResultCode.amount_must_be_positive, detail="amount must be at least 1")
-    payee = state.accounts.get(t.payee)
-    if payee is None or payee.kind != "member":
-        return Outcome(ResultCode.account_not_found, detail=f"payee {t.payee!r} does not exist")
     for account in (payer, payee):
         if account.status != "open":
             return Outcome(ResultCode.account_closed, detail=f"{account.handle!r} is closed")
@@ -289,11 +289,11 @@ def apply_act(
     if isinstance(act, Admit):
         if target is not None:
             return Outcome(ResultCode.account_exists, detail=f"{act.handle!r} is taken")
+        if state.key_owner(act.key) is not None:
+            return Outcome(ResultCode.key_in_use, detail="that key belongs to another member")
         bad = _check_limits(act.debit_limit, act.credit_limit)
         if bad:
             return bad
-        if state.key_owner(act.key) is not None:
-            return Outcome(ResultCode.key_in_use, detail="that key belongs to another member")
         state.accounts[act.handle] = Account(
             act.handle, "member", act.key, act.debit_limit, act.credit_limit
         )

@@ -25,16 +25,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar, cast
 
 from crypto.canonical import MAX_SAFE_INTEGER, JSONValue, canonical_json
 from crypto.keys import KeyFormatError, PublicKey, SecretKey, sign_object
 from protocol.codes import ResultCode
 
-HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
-HEX32_RE = re.compile(r"^[0-9a-f]{32}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-SIG_RE = re.compile(r"^[A-Za-z0-9_-]{86}$")
+# \Z, not $: $ also matches before a trailing newline, which would admit "alice\n" as a
+# handle distinct from "alice".
+HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}\Z")
+HEX32_RE = re.compile(r"^[0-9a-f]{32}\Z")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
+SIG_RE = re.compile(r"^[A-Za-z0-9_-]{86}\Z")
 MAX_MEMO_BYTES = 1024
 MAX_NAME_LEN = 64
 MAX_STEWARDS = 64
@@ -155,7 +158,7 @@ class Unit:
 
 
 UNIT_SPEC: dict[str, Checker] = {
-    "code": text(re.compile(r"^[A-Z][A-Z0-9]{0,11}$"), 12, "must be 1-12 of A-Z 0-9"),
+    "code": text(re.compile(r"^[A-Z][A-Z0-9]{0,11}\Z"), 12, "must be 1-12 of A-Z 0-9"),
     "name": text(None, MAX_NAME_LEN),
     "scale": integer(1, 10**9),
 }
@@ -416,7 +419,7 @@ class Signed:
     def to_json(self) -> dict[str, Any]:
         return {"msg": self.msg.to_json(), "sigs": [s.to_json() for s in self.sigs]}
 
-    @property
+    @cached_property
     def canonical(self) -> bytes:
         return canonical_json(self.to_json())
 
@@ -468,7 +471,12 @@ class LogEntry:
         return {"type": self.type, "node_time": self.node_time, "payload": self.payload.to_json()}
 
     def encode(self) -> bytes:
-        return canonical_json(self.to_json())
+        # The payload's canonical bytes are computed once (the digest needs them too) and
+        # spliced in: keys sort as "node_time" < "payload" < "type".
+        return (
+            b'{"node_time":' + str(self.node_time).encode() + b',"payload":'
+            + self.payload.canonical + b',"type":' + canonical_json(self.type) + b"}"
+        )
 
 
 def parse_log_entry(obj: Any) -> LogEntry:

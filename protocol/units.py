@@ -8,7 +8,8 @@ it, since a rounded figure must never pass for the real one).
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 
 from crypto.canonical import MAX_SAFE_INTEGER
 from protocol.messages import Unit
@@ -18,16 +19,22 @@ class AmountError(ValueError):
     """An amount that cannot be counted exactly in the collective's smallest unit."""
 
 
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
 def parse_amount(text: str, unit: Unit) -> int:
     """``"1.5"`` hours → 90 minutes. Refuses amounts that are not whole smallest units."""
     cleaned = text.strip().replace("_", "")
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation as exc:
-        raise AmountError(f"{text!r} is not a number") from exc
-    if not value.is_finite():
+    # Plain ASCII decimals only: Decimal would also take exponents ("1e999999" overflows,
+    # "1e-999999" silently becomes 0) and digits of other scripts.
+    if not _DECIMAL_RE.fullmatch(cleaned):
         raise AmountError(f"{text!r} is not a number")
-    smallest = value * unit.scale
+    value = Decimal(cleaned)  # exact: a Decimal made from a string is never rounded
+    if value.adjusted() >= 16:  # 10^16 display units or more: beyond any amount
+        raise AmountError(f"{text} is too large")
+    # Multiply exactly: the default 28-digit context would round 1.000…0001 hours to 60 minutes.
+    exact = Context(prec=len(cleaned) + 20, Emin=MIN_EMIN, Emax=MAX_EMAX)
+    smallest = exact.multiply(value, Decimal(unit.scale))
     if smallest != smallest.to_integral_value():
         raise AmountError(
             f"{text} {unit.name} is not a whole number of the smallest unit "
