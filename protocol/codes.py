@@ -6,6 +6,11 @@ to an HTTP status at one boundary (``node/problems.py``), and the API documents 
 The order of ``ResultCode`` is the rank (as TigerBeetle ranks its own): when several rules are
 broken at once, the ledger reports the first one in this order that applies. Codes are part
 of the API: never rename one, only add.
+
+Two choices differ from the order the design notes list, on purpose: an identical retry is
+answered ``exists`` before anything else (an applied transfer must not become "expired" or
+"over the limit" when retried later), and the payer must be found before their signature
+can be checked, so ``account_not_found`` for the payer ranks above ``bad_signature``.
 """
 
 from __future__ import annotations
