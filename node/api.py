@@ -22,6 +22,12 @@ from aiohttp import web
 from crypto.canonical import parse_json
 from crypto.httpsig import verify_request
 from crypto.keys import PublicKey
+from node import storage
+from node.openapi import openapi_document
+from node.problems import Problem, problem_middleware
+from node.ratelimit import RateLimiter
+from node.service import Node
+from node.writer import EventRequest, Memo
 from protocol.codes import ResultCode
 from protocol.ledger import Outcome, memo_hash
 from protocol.messages import (
@@ -32,17 +38,13 @@ from protocol.messages import (
     Signed,
     Transfer,
     check_fields,
-    handle as check_handle,
     parse_log_entry,
     parse_signed,
     text,
 )
-from node import storage
-from node.openapi import openapi_document
-from node.problems import Problem, problem_middleware
-from node.ratelimit import RateLimiter
-from node.service import Node
-from node.writer import EventRequest, Memo
+from protocol.messages import (
+    handle as check_handle,
+)
 
 NODE = web.AppKey("node", Node)
 LIMITER = web.AppKey("limiter", RateLimiter)
@@ -100,8 +102,9 @@ async def authenticate(request: web.Request) -> Reader:
     skew = node.config.api.request_skew_seconds
     verified = verify_request(
         method=request.method,
-        path=request.path,
-        query=request.query_string,
+        # RFC 9421: the path and query as sent (percent-encoded), not as decoded.
+        path=request.rel_url.raw_path,
+        query=request.rel_url.raw_query_string,
         headers={k.lower(): v for k, v in request.headers.items()},
         body=body,
         recipient_key_id=node.node_key.public.key_id,

@@ -186,6 +186,6 @@ class Checkpointer:
 
         try:
             return await asyncio.wait_for(covered(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 

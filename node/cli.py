@@ -12,9 +12,9 @@ import asyncio
 import csv
 import json
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +163,10 @@ def cmd_node_init(args: argparse.Namespace) -> None:
 
 
 async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
+    from node.checkpoints import ForkRefused
     from node.server import serve, wait_for_stop_signal
     from node.service import Node, init_data_dir
+    from node.storage import StorageError
 
     fresh = not is_initialised(data)
     if fresh:
@@ -179,6 +181,10 @@ async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
             f"cannot listen on {host}:{port} ({exc.strerror}); "
             "choose another with --listen HOST:PORT"
         ) from exc
+    except ForkRefused as exc:
+        raise CliError(f"refusing to run this node: {exc}") from exc
+    except StorageError as exc:
+        raise CliError(f"cannot open the node in {data}: {exc}") from exc
     info = node.ledger
     message = (
         f"Tally node {info.genesis.name!r} {'initialised and ' if fresh else ''}running\n"
@@ -407,7 +413,7 @@ def cmd_steward_list(args: argparse.Namespace) -> None:
 
 def _load_act(path: Path) -> Signed:
     from crypto.canonical import CanonicalError, parse_json
-    from protocol.messages import MessageError, STEWARD_ACT_TYPES
+    from protocol.messages import STEWARD_ACT_TYPES, MessageError
 
     try:
         return parse_signed(parse_json(path.read_bytes()), STEWARD_ACT_TYPES)
@@ -523,11 +529,11 @@ def cmd_history(args: argparse.Namespace) -> None:
                                  p["amount"], format_amount(p["amount"], info.unit, False),
                                  p["memo"] or ""])
             return
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         lines = []
         for p in postings:
-            when = datetime.fromtimestamp(p["node_time"] / 1000, timezone.utc)
+            when = datetime.fromtimestamp(p["node_time"] / 1000, UTC)
             direction = "from" if p["amount"] > 0 else "to  "
             memo = f"  {p['memo']}" if p["memo"] else ""
             lines.append(
@@ -562,7 +568,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    from node.audit import AuditFailed, audit_log, dir_source, dump_json, format_report, http_source
+    from node.audit import AuditFailed, audit_log, dir_source, format_report, http_source
 
     async def run() -> int:
         if args.dir:

@@ -21,9 +21,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
@@ -200,7 +200,7 @@ class TallyClient:
                     raw = await resp.read()
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 last = exc
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
                 continue
@@ -229,12 +229,12 @@ class TallyClient:
         if self.key is None:
             raise TallyError("no_key", "this read must be signed: make a key with `tally key new`")
         info = await self.info()
-        parts = urlsplit(path)
+        target = yarl.URL(self.url + path)  # what aiohttp will send, percent-encoded
         return sign_request(
             self.key,
             method=method,
-            path=parts.path,
-            query=parts.query,
+            path=target.raw_path,
+            query=target.raw_query_string,
             body=data,
             recipient_key_id=info.node_key.key_id,
             created=int(time.time()),

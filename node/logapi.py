@@ -33,16 +33,19 @@ from crypto.tiles import (
     tile_hash_indexes,
 )
 from crypto.tlogproof import format_tlog_proof
-from protocol.codes import ResultCode
-from protocol.messages import Transfer, parse_log_entry
 from node.api import NODE, authenticate
 from node.checkpoints import SignedCheckpoint, log_origin
 from node.problems import Problem
 from node.service import Node
 from node.tree import read_hashes
+from protocol.codes import ResultCode
+from protocol.messages import Transfer, parse_log_entry
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=1"
+# Entry bundles served only on signed requests: no shared cache may keep them for others.
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
+PRIVATE_SHORT = "private, max-age=1"
 
 
 def b64(data: bytes) -> str:
@@ -62,9 +65,17 @@ def latest(node: Node) -> SignedCheckpoint:
     return cp
 
 
+def _decimal(raw: str | None) -> int | None:
+    """A non-negative decimal index or size, or None. isdigit() alone takes "²" (int() then
+    fails) and 5,000 digits (over int()'s limit): both were 500s."""
+    if raw is None or not (raw.isascii() and raw.isdigit() and len(raw) <= 19):
+        return None
+    return int(raw)
+
+
 def _size_param(request: web.Request, name: str, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or not raw.isdigit() or not low <= int(raw) <= high:
+    value = _decimal(request.query.get(name))
+    if value is None or not low <= value <= high:
         raise Problem(
             ResultCode.invalid_field,
             f"query {name} must be an integer from {low} to {high} "
@@ -72,7 +83,7 @@ def _size_param(request: web.Request, name: str, low: int, high: int) -> int:
             f"query {name} is out of range",
             field=name,
         )
-    return int(raw)
+    return value
 
 
 async def entries_public_or_member(request: web.Request) -> None:
@@ -125,8 +136,11 @@ async def get_tile(request: web.Request) -> web.Response:
             f"{path} lies beyond the latest checkpoint ({size} entries)",
         )
     assert node.reader is not None
+    cache = SHORT if tile.is_partial else IMMUTABLE
     if tile.level == ENTRIES:
         await entries_public_or_member(request)
+        if not node.config.log.public_entries:
+            cache = PRIVATE_SHORT if tile.is_partial else PRIVATE_IMMUTABLE
         first = tile.index * TILE_WIDTH
         async with node.reader.execute(
             "SELECT entry FROM log WHERE idx >= ? AND idx < ? ORDER BY idx",
@@ -139,7 +153,7 @@ async def get_tile(request: web.Request) -> web.Response:
     return web.Response(
         body=body,
         content_type="application/octet-stream",
-        headers={"Cache-Control": SHORT if tile.is_partial else IMMUTABLE},
+        headers={"Cache-Control": cache},
     )
 
 
@@ -186,12 +200,13 @@ async def get_tlog_proof(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cp = latest(node)
     raw = request.match_info["index"]
-    if not raw.isdigit() or int(raw) >= cp.checkpoint.size:
+    index = _decimal(raw)
+    if index is None or index >= cp.checkpoint.size:
         raise Problem(
             ResultCode.not_found,
-            f"entry {raw} is not covered by the latest checkpoint ({cp.checkpoint.size} entries)",
+            f"entry {raw[:30]} is not covered by the latest checkpoint "
+            f"({cp.checkpoint.size} entries)",
         )
-    index = int(raw)
     assert node.reader is not None
     hashes = await read_hashes(
         node.reader, merkle.inclusion_proof_indexes(index, cp.checkpoint.size)
@@ -207,9 +222,9 @@ async def get_entry(request: web.Request) -> web.Response:
     reader = await authenticate(request)
     raw = request.match_info["index"]
     size = latest(node).checkpoint.size
-    if not raw.isdigit() or int(raw) >= size:
-        raise Problem(ResultCode.not_found, f"no entry {raw} under the latest checkpoint")
-    index = int(raw)
+    index = _decimal(raw)
+    if index is None or index >= size:
+        raise Problem(ResultCode.not_found, f"no entry {raw[:30]} under the latest checkpoint")
     assert node.reader is not None
     async with node.reader.execute("SELECT entry FROM log WHERE idx = ?", (index,)) as cur:
         row = await cur.fetchone()

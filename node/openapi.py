@@ -170,11 +170,37 @@ SCHEMAS: dict[str, Any] = {
         extra=True,
     ),
     "ProblemCode": _obj({"code": {"type": "string"}, "status": {"type": "integer"}}),
+    "CheckpointJson": _obj(
+        {
+            "origin": {"type": "string"},
+            "size": {"type": "integer", "minimum": 1},
+            "root": {"type": "string", "description": "base64 SHA-256 tree root"},
+            "note": {"type": "string", "description": "the C2SP signed note, as at /log/checkpoint"},
+            "vkey": {"type": "string", "description": "the log's verifier key, name+hash+key"},
+        }
+    ),
+    "InclusionProof": _obj(
+        {"index": {"type": "integer"}, "size": {"type": "integer"},
+         "proof": {"type": "array", "items": {"type": "string"}}}
+    ),
+    "ConsistencyProof": _obj(
+        {"old": {"type": "integer"}, "new": {"type": "integer"},
+         "proof": {"type": "array", "items": {"type": "string"}}}
+    ),
+    "LogEntry": _obj(
+        {"index": {"type": "integer"}, "entry": {"type": "string", "description": "base64"},
+         "leaf_hash": {"type": "string"}}
+    ),
+    "Erased": _obj({"handle": HANDLE, "erased": {"type": "integer", "minimum": 0}}),
 }
 
 
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
@@ -300,6 +326,68 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json("History", "a page of postings"), **READ_PROBLEMS},
                 }
             },
+            "/v1/accounts/{handle}/erase-memos": {
+                "post": {
+                    "operationId": "eraseMemos",
+                    "summary": "Erase a member's memos (stewards); the log still verifies",
+                    "security": SIGNED_READ,
+                    "parameters": [PATH_HANDLE],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object", "additionalProperties": False}}}},
+                    "responses": {"200": _json("Erased", "how many memos were erased"),
+                                  **READ_PROBLEMS},
+                }
+            },
+            "/log/checkpoint": {"get": {
+                "operationId": "logCheckpoint",
+                "summary": "The latest checkpoint: a C2SP tlog-checkpoint in a signed note",
+                "responses": {"200": _text("the signed note"), **_problems(404)}}},
+            "/log/vkey": {"get": {
+                "operationId": "logVkey", "summary": "The log's signed-note verifier key",
+                "responses": {"200": _text("name+hash+base64 key")}}},
+            "/log/tile/{path}": {"get": {
+                "operationId": "logTile",
+                "summary": "C2SP tlog-tiles: hash tiles tile/<L>/<N>[.p/<W>] (public) and entry "
+                           "bundles tile/entries/<N>[.p/<W>] (members, or all if opened)",
+                "parameters": [{"name": "path", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the tile",
+                                      "content": {"application/octet-stream": {}}},
+                              **_problems(401, 403, 404)}}},
+            "/v1/log/checkpoint": {"get": {
+                "operationId": "logCheckpointJson", "summary": "The latest checkpoint, as JSON",
+                "responses": {"200": _json("CheckpointJson", "the checkpoint"),
+                              **_problems(404)}}},
+            "/v1/log/inclusion": {"get": {
+                "operationId": "logInclusion",
+                "summary": "RFC 6962 inclusion proof of entry `index` in the tree of `size`",
+                "parameters": [{"name": "index", "in": "query", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}},
+                               {"name": "size", "in": "query",
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": _json("InclusionProof", "the proof"),
+                              **_problems(400, 404)}}},
+            "/v1/log/consistency": {"get": {
+                "operationId": "logConsistency",
+                "summary": "RFC 6962 consistency proof between sizes `old` and `new`",
+                "parameters": [{"name": "old", "in": "query", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}},
+                               {"name": "new", "in": "query",
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": _json("ConsistencyProof", "the proof"),
+                              **_problems(400, 404)}}},
+            "/v1/log/proof/{index}": {"get": {
+                "operationId": "logTlogProof",
+                "summary": "A C2SP tlog-proof bundle for one entry under the latest checkpoint",
+                "parameters": [{"name": "index", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": _text("the tlog-proof"), **_problems(404)}}},
+            "/v1/log/entries/{index}": {"get": {
+                "operationId": "logEntry", "summary": "One log entry and its leaf hash",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "index", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {"200": _json("LogEntry", "the entry"), **READ_PROBLEMS}}},
             "/v1/events/{id}": {
                 "get": {"operationId": "getEvent", "summary": "The receipt of an applied event",
                         "security": SIGNED_READ,

@@ -25,9 +25,9 @@ from aiohttp import web
 
 from crypto.canonical import CanonicalError
 from crypto.httpsig import SignedRequestError
+from node.writer import Overloaded
 from protocol.codes import ResultCode
 from protocol.messages import MessageError
-from node.writer import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ STATUS: dict[ResultCode, int] = {
     ResultCode.unknown_signer: 403,
     ResultCode.forbidden: 403,
     ResultCode.not_found: 404,
+    ResultCode.method_not_allowed: 405,
     ResultCode.rate_limited: 429,
     ResultCode.overloaded: 503,
     ResultCode.internal_error: 500,
@@ -120,15 +121,26 @@ def problem_response(problem: Problem, instance: str) -> web.Response:
     )
 
 
+def _code(value: str, fallback: ResultCode) -> ResultCode:
+    try:
+        return ResultCode(value)
+    except ValueError:
+        return fallback
+
+
 def translate(exc: BaseException) -> Problem | None:
     if isinstance(exc, Problem):
         return exc
     if isinstance(exc, CanonicalError):
-        return Problem(ResultCode(exc.code), exc.message)
+        # The parser also refuses non-ASCII keys and lone surrogates (invalid_key,
+        # invalid_string): not JSON in Tally's subset, so invalid_json, never a 500.
+        return Problem(_code(exc.code, ResultCode.invalid_json), exc.message)
     if isinstance(exc, MessageError):
         return Problem(exc.code, exc.message, field=exc.field)
     if isinstance(exc, SignedRequestError):
-        return Problem(ResultCode(exc.code), exc.message)
+        # Every fault of a signed read is a failed authentication, bad_signature included
+        # (which is 422 when a transfer's own signature fails a ledger rule).
+        return Problem(_code(exc.code, ResultCode.malformed_signature), exc.message, status=401)
     if isinstance(exc, Overloaded):
         return Problem(
             ResultCode.overloaded,
@@ -140,7 +152,7 @@ def translate(exc: BaseException) -> Problem | None:
 
 _HTTP_CODES = {
     404: (ResultCode.not_found, "no such resource: see /v1/openapi.json for the API"),
-    405: (ResultCode.not_found, "this resource does not accept that method"),
+    405: (ResultCode.method_not_allowed, "this resource does not accept that method"),
     413: (ResultCode.body_too_large, "the request body is over this endpoint's size cap"),
 }
 

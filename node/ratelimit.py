@@ -7,8 +7,8 @@ Buckets of idle keys are dropped so memory stays bounded however many keys appea
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 
 
 class RateLimiter:

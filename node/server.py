@@ -29,11 +29,11 @@ class Served:
 async def serve(node: Node, host: str, port: int) -> Served:
     """Start serving ``node`` on host:port (port 0 picks a free one); returns its URL."""
     runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
-    except OSError:
+    except BaseException:
         await runner.cleanup()
         raise
     server = site._server

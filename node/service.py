@@ -26,12 +26,12 @@ from pathlib import Path
 import aiosqlite
 
 from crypto.keys import SecretKey, read_key_file, write_key_file
-from protocol.ledger import LedgerState, Policy, SigCheck
-from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
 from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
 from node.writer import Writer
+from protocol.ledger import LedgerState, Policy, SigCheck
+from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,14 @@ class Node:
         return self.state
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Close what was opened, so a refused start leaves no thread keeping us alive.
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         path = self.data_dir / storage.DB_FILE
         if not path.exists():
             raise storage.StorageError(f"no ledger at {path}: run `tally node init` first")

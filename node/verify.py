@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from crypto import merkle
-from crypto.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from crypto.canonical import parse_json
+from crypto.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from crypto.note import NoteError, Verifier, open_note, parse_verifier_key
 from node.client import TallyClient
 from protocol.messages import MessageError, Transfer, parse_log_entry
@@ -54,7 +54,10 @@ class Report:
 
 
 def _b64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise VerificationFailed(f"the node sent a malformed hash or entry ({exc})") from exc
 
 
 class LogState:
@@ -154,7 +157,7 @@ async def _check_consistent(
             "later_checkpoint": new_note.decode(),
             "consistency_proof": proof,
         }
-        return state.write(f"evidence-{int(time.time())}.json",
+        return state.write(f"evidence-{time.time_ns()}.json",
                            json.dumps(doc, indent=2).encode())
 
     if new.size < old.size:

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 
 import aiosqlite
 
-from protocol.codes import ResultCode
-from protocol.ledger import LedgerState, Outcome, Policy, SigCheck, Seen, apply
-from protocol.messages import Genesis, LogEntry, SetStewards, Signed, Transfer
 from node import storage
 from node.tree import TreeAppender
+from protocol.codes import ResultCode
+from protocol.ledger import LedgerState, Outcome, Policy, Seen, SigCheck, apply
+from protocol.messages import Genesis, LogEntry, SetStewards, Signed, Transfer
 
 log = logging.getLogger(__name__)
 

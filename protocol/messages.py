@@ -381,6 +381,15 @@ _CLASSES: dict[str, type] = {
     "set_stewards": SetStewards,
 }
 
+def register_message(kind: str, cls: type, spec: dict[str, Checker]) -> None:
+    """Add a message type (``protocol.federation`` adds its own) to what ``parse_message``
+    accepts. Each class needs ``to_json`` and the fields of ``spec``."""
+    if kind in _SPECS:
+        raise ValueError(f"message type {kind!r} is registered twice")
+    _SPECS[kind] = spec
+    _CLASSES[kind] = cls
+
+
 STEWARD_ACT_TYPES = frozenset({"admit", "set_limits", "close", "rekey", "set_stewards"})
 
 
