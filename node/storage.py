@@ -20,8 +20,8 @@ import aiosqlite
 
 from crypto import merkle
 from crypto.keys import PublicKey
-from protocol.ledger import Account, LedgerState, new_state
-from protocol.messages import LogEntry, parse_log_entry
+from protocol.ledger import Account, Hold, LedgerState, new_state
+from protocol.messages import LogEntry, parse_log_entry, parse_signed
 
 DB_FILE = "tally.sqlite"
 
@@ -182,6 +182,14 @@ async def load_state(db: aiosqlite.Connection) -> LedgerState:
         async for row in cur:
             account = account_from_row(row)
             state.accounts[account.handle] = account
+    async with db.execute("SELECT signed FROM lines") as cur:
+        async for row in cur:
+            line = parse_signed(json.loads(row[0]), frozenset({"line"}))
+            state.lines[line.msg.id] = line  # type: ignore[union-attr]
+    async with db.execute("SELECT doc FROM holds") as cur:
+        async for row in cur:
+            hold = Hold(**json.loads(row[0]))
+            state.holds[hold.key] = hold
     state.size = await log_size(db)
     return state
 

@@ -32,7 +32,7 @@ import aiosqlite
 from node import storage
 from node.tree import TreeAppender
 from protocol.codes import ResultCode
-from protocol.ledger import LedgerState, Outcome, Policy, Seen, SigCheck, apply
+from protocol.ledger import LedgerState, Outcome, Policy, Seen, SigCheck, apply, seen_key
 from protocol.messages import Genesis, LogEntry, SetStewards, Signed, Transfer
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class Writer:
         state = self.state
         now = max(self.clock_ms(), self.last_time)
         events = [r for r in batch if isinstance(r, EventRequest)]
-        ids = list({r.signed.msg.id for r in events if not isinstance(r.signed.msg, Genesis)})
+        ids = list({seen_key(r.signed) for r in events if not isinstance(r.signed.msg, Genesis)})
         state.seen.clear()
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -199,6 +199,8 @@ class Writer:
         new_nonces: list[tuple[str, int]] = []
         ops: list[OpRequest] = []
         stewards_changed = False
+        lines_changed: set[str] = set()
+        holds_changed: set[str] = set()
         for request in batch:
             if isinstance(request, OpRequest):
                 ops.append(request)
@@ -218,20 +220,24 @@ class Writer:
                 continue
             assert outcome.index is not None
             index = outcome.index
-            entries.append((index, LogEntry(now, signed).encode()))
             msg = signed.msg
-            assert not isinstance(msg, Genesis)
-            event_rows.append((msg.id, state.seen[msg.id].digest, index))
-            if isinstance(msg, Transfer):
-                dirty.update((msg.payer, msg.payee))
-                postings.append((msg.payer, index, -msg.amount, msg.payee, msg.id, now))
-                postings.append((msg.payee, index, msg.amount, msg.payer, msg.id, now))
-                if request.memo is not None:
-                    memos.append((index, request.memo.salt, request.memo.text))
+            entries.append((index, LogEntry(now, signed).encode()))
+            event_rows.append((outcome.key, state.seen[outcome.key].digest, index))
+            dirty.update(outcome.touched)
+            event_id = getattr(msg, "id", "")
+            postings.extend(
+                (handle, index, amount, counterparty, event_id, now)
+                for handle, amount, counterparty in outcome.postings
+            )
+            if isinstance(msg, Transfer) and request.memo is not None:
+                memos.append((index, request.memo.salt, request.memo.text))
             elif isinstance(msg, SetStewards):
                 stewards_changed = True
-            else:
-                dirty.add(msg.handle)
+            elif msg.type == "line":
+                lines_changed.add(event_id)
+            elif msg.type in ("prepare", "fulfil", "reject", "decision"):
+                holds_changed.update(k for k in (f"{event_id}/out", f"{event_id}/in")
+                                     if k in state.holds)
 
         if not entries and not new_nonces and not ops:
             return results
@@ -260,6 +266,17 @@ class Writer:
                         f"INSERT OR REPLACE INTO accounts ({storage.ACCOUNT_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [storage.account_row(state.accounts[h]) for h in sorted(dirty)],
+                    )
+                if lines_changed:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO lines (id, signed) VALUES (?, ?)",
+                        [(i, json.dumps(state.lines[i].to_json())) for i in sorted(lines_changed)],
+                    )
+                if holds_changed:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO holds (key, doc, state) VALUES (?, ?, ?)",
+                        [(k, json.dumps(state.holds[k].to_json()), state.holds[k].state)
+                         for k in sorted(holds_changed)],
                     )
                 if stewards_changed:
                     doc = {

@@ -55,6 +55,26 @@ class ResultCode(str, Enum):
     exceeds_debit_limit = "exceeds_debit_limit"  # the payer would go below their debit limit
     exceeds_credit_limit = "exceeds_credit_limit"  # the payee would go above their credit limit
 
+    # --- credit lines and payments across them ------------------------------------------------
+    line_exists = "line_exists"  # there is already a line with that collective
+    line_not_found = "line_not_found"  # no credit line with that id or collective
+    line_suspended = "line_suspended"  # the line is suspended: no new payments across it
+    not_a_party = "not_a_party"  # the line or message does not name this collective
+    stale_version = "stale_version"  # a line version not newer than the one in force
+    quote_mismatch = "quote_mismatch"  # the PREPARE does not match the quote it carries
+    amount_mismatch = "amount_mismatch"  # the amounts do not follow the line's rate
+    exceeds_max_pay = "exceeds_max_pay"  # the payment costs more than the payer allowed
+    insufficient_time = "insufficient_time"  # too little time left before the expiry
+    hold_not_found = "hold_not_found"  # no such hold, or not one this signer may settle
+    hold_resolved = "hold_resolved"  # the hold was already posted or voided the other way
+    condition_mismatch = "condition_mismatch"  # the fulfilment does not hash to the condition
+    too_late = "too_late"  # the fulfilment arrived after the hold's expiry
+    not_expired = "not_expired"  # voiding for expiry before the expiry
+    no_route = "no_route"  # no credit line leads to the payee's collective
+    rejected = "rejected"  # the payee's collective refused the payment (see detail)
+    unknown_peer = "unknown_peer"  # the signing node is no peer of this one
+    clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
+
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request
     malformed_signature = "malformed_signature"  # signature headers not in Tally's profile

@@ -35,13 +35,14 @@ from protocol.messages import (
     Genesis,
     Rekey,
     SetLimits,
+    STEWARD_ACT_TYPES,
     SetStewards,
     Signed,
     Transfer,
 )
 from protocol.units import format_amount
 
-AccountKind = Literal["member", "peer"]
+AccountKind = Literal["member", "peer", "internal"]
 AccountStatus = Literal["open", "closed"]
 
 
@@ -71,6 +72,27 @@ class Account:
         }
 
 
+@dataclass
+class Hold:
+    """A pending amount on two accounts, for one attempt on one line, until posted or voided."""
+
+    key: str  # "<attempt id>/out" (we hold as upstream) or "<attempt id>/in" (as downstream)
+    line: str
+    debit: str  # account whose pending_debit holds the amount
+    credit: str  # account whose pending_credit holds it
+    amount: int
+    condition: str
+    expires_at: int
+    counterparty: str  # what the member's history shows, e.g. "bob@Greenway Food Co-op"
+    state: Literal["held", "posted", "voided"] = "held"
+
+    def to_json(self) -> dict[str, object]:
+        return {"key": self.key, "line": self.line, "debit": self.debit, "credit": self.credit,
+                "amount": self.amount, "condition": self.condition,
+                "expires_at": self.expires_at, "counterparty": self.counterparty,
+                "state": self.state}
+
+
 @dataclass(frozen=True)
 class Seen:
     """What the ledger remembers of an applied event id, to answer retries."""
@@ -95,6 +117,10 @@ class LedgerState:
     accounts: dict[str, Account] = field(default_factory=dict)
     seen: dict[str, Seen] = field(default_factory=dict)
     size: int = 1  # log entries so far (the genesis entry is index 0)
+    # Credit lines by line id (the latest signed version), and holds by hold key
+    # (``protocol.lines``): both derived from the log like the accounts.
+    lines: dict[str, Signed] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
 
     def key_owner(self, key: PublicKey) -> str | None:
         for account in self.accounts.values():
@@ -108,6 +134,22 @@ class Outcome:
     code: ResultCode
     index: int | None = None  # the log index, for ok and exists
     detail: str = ""
+    # For ok: the event's key in ``seen``, the accounts it changed (the writer stores them),
+    # and the history postings it makes: (handle, amount, counterparty).
+    key: str = ""
+    touched: tuple[str, ...] = ()
+    postings: tuple[tuple[str, int, str], ...] = ()
+
+
+def seen_key(signed: Signed) -> str:
+    """The key under which ``seen`` remembers an event: its id, or for federation entries
+    (where one id has several entries) ``protocol.lines.event_key``."""
+    msg = signed.msg
+    if isinstance(msg, Transfer) or msg.type in STEWARD_ACT_TYPES:
+        return msg.id  # type: ignore[union-attr]
+    from protocol.lines import event_key
+
+    return event_key(signed)
 
 
 def digest(signed: Signed) -> bytes:
@@ -183,11 +225,17 @@ def _timing(valid_until: int, now: int, policy: Policy) -> Outcome | None:
     return None
 
 
-def _record(state: LedgerState, msg_id: str, d: bytes) -> Outcome:
+def _record(
+    state: LedgerState,
+    msg_id: str,
+    d: bytes,
+    touched: tuple[str, ...] = (),
+    postings: tuple[tuple[str, int, str], ...] = (),
+) -> Outcome:
     index = state.size
     state.seen[msg_id] = Seen(d, index)
     state.size += 1
-    return Outcome(ResultCode.ok, index)
+    return Outcome(ResultCode.ok, index, key=msg_id, touched=touched, postings=postings)
 
 
 def apply_transfer(
@@ -243,7 +291,10 @@ def apply_transfer(
         )
     payer.balance -= t.amount
     payee.balance += t.amount
-    return _record(state, t.id, d)
+    return _record(
+        state, t.id, d, (t.payer, t.payee),
+        ((t.payer, -t.amount, t.payee), (t.payee, t.amount, t.payer)),
+    )
 
 
 def _check_limits(debit: int, credit: int) -> Outcome | None:
@@ -342,7 +393,7 @@ def apply_act(
             )
         state.stewards = frozenset(act.stewards)
         state.threshold = act.threshold
-    return _record(state, act.id, d)
+    return _record(state, act.id, d, () if isinstance(act, SetStewards) else (act.handle,))
 
 
 def apply(
@@ -361,7 +412,13 @@ def apply(
         return apply_transfer(state, signed, now, policy, sigcheck)
     if isinstance(signed.msg, Genesis):
         return Outcome(ResultCode.invalid_field, detail="a ledger has one genesis entry")
-    return apply_act(state, signed, now, policy, sigcheck)
+    if signed.msg.type in STEWARD_ACT_TYPES:
+        return apply_act(state, signed, now, policy, sigcheck)
+    # Credit lines and payments across them. Imported here: protocol.lines builds on this
+    # module (accounts, state, outcomes), so it cannot be imported at the top.
+    from protocol import lines
+
+    return lines.apply_federation(state, signed, now, sigcheck)
 
 
 # --- invariants, for tests after every batch and for `tally audit` -------------------------

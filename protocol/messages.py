@@ -496,3 +496,8 @@ def parse_log_entry(obj: Any) -> LogEntry:
     if payload.msg.type != fields["type"]:
         raise MessageError(ResultCode.invalid_field, "entry.type differs from its payload's type")
     return LogEntry(node_time=fields["node_time"], payload=payload)
+
+
+# The federation messages (credit lines, payments across them) register themselves here, so
+# that every parser of log entries knows them. Imported last: they build on this module.
+import protocol.federation  # noqa: E402, F401

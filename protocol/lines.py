@@ -1,0 +1,369 @@
+"""Ledger rules for credit lines and holds: what each federation log entry does to the books.
+
+Layer: protocol (pure). ``protocol.ledger.apply`` hands federation entries here; the node's
+writer and ``tally audit`` therefore apply them with the same code. The table of entries and
+their effects is in ``protocol.federation``'s docstring.
+
+Every rule refuses without changing anything, or changes the state and returns ``ok`` with
+the accounts it touched. Holds are keyed ``<attempt id>/out`` when this node is upstream on
+the line (it sent the PREPARE) and ``<attempt id>/in`` when it is downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from crypto.keys import PublicKey
+from protocol.codes import ResultCode
+from protocol.federation import (
+    LOSS_ACCOUNT,
+    Decision,
+    Fulfil,
+    Line,
+    PaymentOrder,
+    Prepare,
+    Quote,
+    Reject,
+    peer_handle,
+)
+from protocol.ledger import (
+    Account,
+    Hold,
+    LedgerState,
+    Outcome,
+    SigCheck,
+    _record,
+    digest,
+)
+from protocol.messages import Signed
+
+
+def _refuse(code: ResultCode, detail: str) -> Outcome:
+    return Outcome(code, detail=detail)
+
+
+def _retry(state: LedgerState, key: str, signed: Signed) -> Outcome | None:
+    seen = state.seen.get(key)
+    if seen is None:
+        return None
+    if seen.digest == digest(signed):
+        return Outcome(ResultCode.exists, seen.index, key=key)
+    return _refuse(ResultCode.exists_with_different_fields, f"{key} was applied with other content")
+
+
+def event_key(signed: Signed) -> str:
+    """The key under which ``seen`` remembers a federation entry (unique per entry)."""
+    msg = signed.msg
+    if isinstance(msg, Line):
+        return f"line/{msg.id}/{msg.version}"
+    if isinstance(msg, Prepare):
+        return f"prepare/{msg.id}/{msg.from_node.key_id}"
+    signer = signed.sigs[0].key.key_id if signed.sigs else ""
+    return f"{msg.type}/{getattr(msg, 'id', '')}/{signer}"
+
+
+def _line_for_peer(state: LedgerState, peer: PublicKey) -> Line | None:
+    for signed in state.lines.values():
+        line = signed.msg
+        assert isinstance(line, Line)
+        if peer in (line.a.node_key, line.b.node_key):
+            return line
+    return None
+
+
+def _check_limits(account: Account, debit: int = 0, credit: int = 0) -> Outcome | None:
+    if debit and account.balance - account.pending_debit - debit < -account.debit_limit:
+        return _refuse(ResultCode.exceeds_debit_limit,
+                       f"{account.handle!r} may go at most {account.debit_limit} below zero")
+    if credit and account.balance + account.pending_credit + credit > account.credit_limit:
+        return _refuse(ResultCode.exceeds_credit_limit,
+                       f"{account.handle!r} may hold at most {account.credit_limit}")
+    return None
+
+
+# --- lines ----------------------------------------------------------------------------------
+
+
+def apply_line(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck) -> Outcome:
+    line = signed.msg
+    assert isinstance(line, Line)
+    key = event_key(signed)
+    if (retry := _retry(state, key, signed)) is not None:
+        return retry
+    ours = state.genesis.node_key
+    side = line.side(ours)
+    if side is None:
+        return _refuse(ResultCode.not_a_party, "this line does not name this collective")
+    me = line.a if side == "a" else line.b
+    other = line.other(ours)
+    if me.ledger != state.ledger_id:
+        return _refuse(ResultCode.ledger_mismatch, "the line names another ledger for us")
+    if me.unit != state.genesis.unit:
+        return _refuse(ResultCode.invalid_field, "the line states our unit wrongly")
+    if other.node_key == ours:
+        return _refuse(ResultCode.not_a_party, "a line joins two different collectives")
+    good, all_good = sigcheck
+    if not all_good or ours not in good or other.node_key not in good:
+        return _refuse(ResultCode.bad_signature, "a line is signed by both collectives' nodes")
+    if len(good & state.stewards) < state.threshold:
+        return _refuse(ResultCode.not_enough_steward_signatures,
+                       f"a line needs the signatures of {state.threshold} steward(s) here")
+    if line.valid_until < now:
+        return _refuse(ResultCode.expired, "this line proposal has expired; propose again")
+    current = state.lines.get(line.id)
+    if current is None:
+        if _line_for_peer(state, other.node_key) is not None:
+            return _refuse(ResultCode.line_exists,
+                           "there is already a line with that collective: change its version")
+    else:
+        old = current.msg
+        assert isinstance(old, Line)
+        if line.version <= old.version:
+            return _refuse(ResultCode.stale_version,
+                           f"line version {line.version} is not newer than {old.version}")
+        if (old.a, old.b, old.rate_num, old.rate_den) != (line.a, line.b, line.rate_num,
+                                                         line.rate_den):
+            return _refuse(ResultCode.invalid_field,
+                           "a new version may change limits and status, not parties or rate")
+    handle = peer_handle(other.node_key)
+    debit_limit = line.a_limit if side == "a" else line.b_limit
+    other_side: Literal["a", "b"] = "b" if side == "a" else "a"
+    credit_limit = line.convert(line.b_limit if side == "a" else line.a_limit, other_side)
+    account = state.accounts.get(handle)
+    if account is not None and (
+        account.balance - account.pending_debit < -debit_limit
+        or account.balance + account.pending_credit > credit_limit
+    ):
+        return _refuse(ResultCode.limit_below_balance,
+                       "the line is already used beyond the new limits")
+    if account is None:
+        state.accounts[handle] = Account(handle, "peer", other.node_key, debit_limit,
+                                         credit_limit)
+    else:
+        account.debit_limit, account.credit_limit = debit_limit, credit_limit
+    state.lines[line.id] = signed
+    return _record(state, key, digest(signed), (handle,))
+
+
+# --- holds ------------------------------------------------------------------------------------
+
+
+def _verify(signed: Signed, key: PublicKey) -> bool:
+    good, all_good = signed.verified_signers()
+    return all_good and key in good and len(signed.sigs) == 1
+
+
+def apply_prepare(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck) -> Outcome:
+    p = signed.msg
+    assert isinstance(p, Prepare)
+    key = event_key(signed)
+    if (retry := _retry(state, key, signed)) is not None:
+        return retry
+    ours = state.genesis.node_key
+    good, all_good = sigcheck
+    if not all_good or p.from_node not in good or len(signed.sigs) != 1:
+        return _refuse(ResultCode.bad_signature, "a PREPARE is signed by its sending node")
+    line_signed = state.lines.get(p.line)
+    if line_signed is None:
+        return _refuse(ResultCode.line_not_found, f"no credit line {p.line}")
+    line = line_signed.msg
+    assert isinstance(line, Line)
+    if {p.from_node, p.to_node} != {line.a.node_key, line.b.node_key} or ours not in (
+        p.from_node, p.to_node
+    ):
+        return _refuse(ResultCode.not_a_party, "the PREPARE is not for this line and node")
+    if line.status != "active":
+        return _refuse(ResultCode.line_suspended, "the credit line is suspended")
+    from_side = line.side(p.from_node)
+    assert from_side is not None
+    if p.amount_to != line.convert(p.amount_from, from_side):
+        return _refuse(ResultCode.amount_mismatch,
+                       f"{p.amount_from} converts to {line.convert(p.amount_from, from_side)} "
+                       "at the line's rate, rounded down")
+    order, quote = p.order.msg, p.quote.msg
+    assert isinstance(order, PaymentOrder) and isinstance(quote, Quote)
+    if not _verify(p.quote, order.payee_node):
+        return _refuse(ResultCode.bad_signature, "the quote is not signed by the payee's node")
+    if (quote.order, quote.id, quote.condition) != (order.id, p.id, p.condition):
+        return _refuse(ResultCode.quote_mismatch, "the PREPARE does not match its quote")
+    if p.expires_at > min(quote.expires_at, order.valid_until):
+        return _refuse(ResultCode.quote_mismatch, "the PREPARE outlives its quote or order")
+    if quote.amount < order.amount:
+        return _refuse(ResultCode.quote_mismatch, "the quote is for less than the order")
+
+    if p.from_node == ours:
+        return _hold_out(state, signed, p, order, key, now)
+    if order.payee_node != ours:
+        return _refuse(ResultCode.no_route, "this node forwards no payments yet")
+    return _hold_in(state, signed, p, quote, key, now)
+
+
+def _hold_out(
+    state: LedgerState, signed: Signed, p: Prepare, order: PaymentOrder, key: str, now: int
+) -> Outcome:
+    """We are the source: the payer's amount is held against the line."""
+    if order.ledger != state.ledger_id:
+        return _refuse(ResultCode.ledger_mismatch, "the order was signed for another ledger")
+    payer = state.accounts.get(order.payer)
+    if payer is None or payer.kind != "member":
+        return _refuse(ResultCode.account_not_found, f"payer {order.payer!r} does not exist")
+    if payer.key is None or not _verify(p.order, payer.key):
+        return _refuse(ResultCode.bad_signature, "the order is not signed by the payer's key")
+    if order.valid_until < now:
+        return _refuse(ResultCode.expired, "the payment order has expired")
+    if p.amount_from > order.max_pay:
+        return _refuse(ResultCode.exceeds_max_pay,
+                       f"it costs {p.amount_from}; the payer allowed at most {order.max_pay}")
+    if p.amount_to < order.amount:
+        return _refuse(ResultCode.quote_mismatch, "the PREPARE delivers less than the order")
+    if payer.status != "open":
+        return _refuse(ResultCode.account_closed, f"{payer.handle!r} is closed")
+    peer = state.accounts[peer_handle(p.to_node)]
+    refusal = _check_limits(payer, debit=p.amount_from) or _check_limits(
+        peer, credit=p.amount_from)
+    if refusal:
+        return refusal
+    payer.pending_debit += p.amount_from
+    peer.pending_credit += p.amount_from
+    hold_key = f"{p.id}/out"
+    state.holds[hold_key] = Hold(hold_key, p.line, payer.handle, peer.handle, p.amount_from,
+                                 p.condition, p.expires_at, _label(state, p, order.payee))
+    return _record(state, key, digest(signed), (payer.handle, peer.handle))
+
+
+def _hold_in(
+    state: LedgerState, signed: Signed, p: Prepare, quote: Quote, key: str, now: int
+) -> Outcome:
+    """We are the destination: the payee's credit is held, pending the upstream's decision."""
+    if not _verify(p.quote, state.genesis.node_key):
+        return _refuse(ResultCode.bad_signature, "that quote was not made by this node")
+    if p.expires_at <= now:
+        return _refuse(ResultCode.expired, "the PREPARE expired before it arrived")
+    if p.amount_to < quote.amount:
+        return _refuse(ResultCode.quote_mismatch, "the PREPARE delivers less than quoted")
+    payee = state.accounts.get(quote.payee)
+    if payee is None or payee.kind != "member":
+        return _refuse(ResultCode.account_not_found, f"no member {quote.payee!r} here")
+    if payee.status != "open":
+        return _refuse(ResultCode.account_closed, f"{payee.handle!r} is closed")
+    peer = state.accounts[peer_handle(p.from_node)]
+    refusal = _check_limits(peer, debit=p.amount_to) or _check_limits(payee, credit=p.amount_to)
+    if refusal:
+        return refusal
+    peer.pending_debit += p.amount_to
+    payee.pending_credit += p.amount_to
+    hold_key = f"{p.id}/in"
+    order = p.order.msg
+    assert isinstance(order, PaymentOrder)
+    state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, payee.handle, p.amount_to,
+                                 p.condition, p.expires_at, _label(state, p, order.payer))
+    return _record(state, key, digest(signed), (peer.handle, payee.handle))
+
+
+def _label(state: LedgerState, p: Prepare, handle: str) -> str:
+    line = state.lines[p.line].msg
+    assert isinstance(line, Line)
+    return f"{handle}@{line.other(state.genesis.node_key).name}"
+
+
+def _resolve(
+    state: LedgerState, hold: Hold, outcome: Literal["post", "void"], key: str, signed: Signed
+) -> Outcome:
+    if hold.state != "held":
+        wanted = "posted" if outcome == "post" else "voided"
+        if hold.state == wanted:
+            return Outcome(ResultCode.exists, detail="already settled")
+        return _refuse(ResultCode.hold_resolved, f"the hold was already {hold.state}")
+    debit, credit = state.accounts[hold.debit], state.accounts[hold.credit]
+    debit.pending_debit -= hold.amount
+    credit.pending_credit -= hold.amount
+    postings: tuple[tuple[str, int, str], ...] = ()
+    if outcome == "post":
+        debit.balance -= hold.amount
+        credit.balance += hold.amount
+        hold.state = "posted"
+        postings = tuple(
+            (a.handle, amount, hold.counterparty)
+            for a, amount in ((debit, -hold.amount), (credit, hold.amount))
+            if a.kind == "member"
+        )
+    else:
+        hold.state = "voided"
+    return _record(state, key, digest(signed), (debit.handle, credit.handle), postings)
+
+
+def _signer(signed: Signed, sigcheck: SigCheck) -> PublicKey | None:
+    good, all_good = sigcheck
+    if not all_good or len(signed.sigs) != 1 or signed.sigs[0].key not in good:
+        return None
+    return signed.sigs[0].key
+
+
+def _peer_of(state: LedgerState, hold: Hold) -> PublicKey:
+    line = state.lines[hold.line].msg
+    assert isinstance(line, Line)
+    return line.other(state.genesis.node_key).node_key
+
+
+def apply_settle(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck) -> Outcome:
+    """FULFIL, REJECT and DECISION entries: post or void a hold, per who signed and when."""
+    msg = signed.msg
+    assert isinstance(msg, (Fulfil, Reject, Decision))
+    key = event_key(signed)
+    if (retry := _retry(state, key, signed)) is not None:
+        return retry
+    signer = _signer(signed, sigcheck)
+    if signer is None:
+        return _refuse(ResultCode.bad_signature, f"a {msg.type} is signed by one node")
+    ours = state.genesis.node_key
+    out_hold = state.holds.get(f"{msg.id}/out")
+    in_hold = state.holds.get(f"{msg.id}/in")
+
+    if isinstance(msg, Fulfil):
+        # The downstream peer fulfils our outbound hold: valid and in time, we post.
+        if out_hold is None or signer != _peer_of(state, out_hold):
+            return _refuse(ResultCode.hold_not_found, "no outbound hold for this fulfilment")
+        fulfilment = bytes.fromhex(msg.fulfilment)
+        if hashlib.sha256(fulfilment).hexdigest() != out_hold.condition:
+            return _refuse(ResultCode.condition_mismatch,
+                           "the fulfilment does not hash to the condition: forged or corrupt")
+        if now >= out_hold.expires_at:
+            return _refuse(ResultCode.too_late, "the fulfilment arrived after the expiry")
+        return _resolve(state, out_hold, "post", key, signed)
+
+    if isinstance(msg, Reject):
+        if signer == ours and in_hold is not None:
+            return _resolve(state, in_hold, "void", key, signed)  # we refused it
+        if out_hold is not None and signer == _peer_of(state, out_hold):
+            return _resolve(state, out_hold, "void", key, signed)
+        return _refuse(ResultCode.hold_not_found, "no hold this REJECT may void")
+
+    # Decision.
+    if signer == ours:
+        if out_hold is None or msg.outcome != "void":
+            return _refuse(ResultCode.hold_not_found,
+                           "this node logs only its own void decisions, on expiry")
+        if now < out_hold.expires_at:
+            return _refuse(ResultCode.not_expired, "the hold has not expired yet")
+        return _resolve(state, out_hold, "void", key, signed)
+    if in_hold is None or signer != _peer_of(state, in_hold):
+        return _refuse(ResultCode.hold_not_found, "no inbound hold this decision may settle")
+    return _resolve(state, in_hold, msg.outcome, key, signed)
+
+
+def apply_federation(
+    state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck | None = None
+) -> Outcome:
+    check = sigcheck if sigcheck is not None else signed.verified_signers()
+    msg = signed.msg
+    if isinstance(msg, Line):
+        return apply_line(state, signed, now, check)
+    if isinstance(msg, Prepare):
+        return apply_prepare(state, signed, now, check)
+    if isinstance(msg, (Fulfil, Reject, Decision)):
+        return apply_settle(state, signed, now, check)
+    return _refuse(ResultCode.invalid_field, f"{msg.type} is not a log entry")
+
+
+__all__ = ["apply_federation", "event_key", "LOSS_ACCOUNT"]
