@@ -70,7 +70,7 @@ async def build(data: Path, entries: int, members: int, seed: int, workers: int 
             if f"m{i}" not in node.ledger.accounts
         ]
         requests = [EventRequest(a, (frozenset({steward.public}), True)) for a in admits]
-        node.writer.submit_all(requests)
+        node.writer.submit_all([*requests])
         for r in requests:
             await r.future
         todo = max(0, entries - node.ledger.size)
@@ -98,7 +98,7 @@ async def build(data: Path, entries: int, members: int, seed: int, workers: int 
                     t = Transfer(ledger, tid, f"m{a}", f"m{b}", amount, None, valid_until)
                     batch.append(EventRequest(Signed(t, (Signature(keys[a].public, sig),)),
                                               (frozenset({keys[a].public}), True)))
-                node.writer.submit_all(batch)
+                node.writer.submit_all([*batch])
                 for r in batch:
                     outcome = await r.future
                     if outcome.code.value != "ok":

@@ -36,6 +36,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def wait_idle(pids: list[int], busy: float = 0.05, window: float = 0.2,
+              timeout: float = 5.0) -> float:
+    """Wait until the processes together use under ``busy`` of a core over ``window`` seconds
+    (a run's tail — the last commit, a checkpoint — must not fall into the next run).
+    Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = sum(cpu_seconds(p) for p in pids)
+        time.sleep(window)
+        if sum(cpu_seconds(p) for p in pids) - before < busy * window:
+            break
+    return time.monotonic() - started
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS (resident now) and VmHWM (peak resident) in KiB, from /proc/<pid>/status."""
     out: dict[str, int] = {}

@@ -11,19 +11,31 @@ samples, then the functions with the most samples on the stack (inclusive) and a
 from __future__ import annotations
 
 import argparse
+import linecache
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
-FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # Leaf frames of a thread that waits for work (a blocking call in C shows its Python caller).
 IDLE_LEAVES = {
     "EpollSelector.select (selectors.py)",
-    "_worker (concurrent/futures/thread.py)",
     "Condition.wait (threading.py)",
     "Queue.get (queue.py)",
-    "_connection_worker_thread (aiosqlite/core.py)",
 }
+# Worker loops that wait in a C call (SimpleQueue.get) *and* run C calls (SQLite): idle only
+# when the sampled line is the one that waits for work.
+WORKER_LOOPS = {"_connection_worker_thread (aiosqlite/core.py)",
+                "_worker (concurrent/futures/thread.py)"}
+
+
+def source_line(short_file: str, line: int) -> str:
+    for root in sys.path:
+        text = linecache.getline(f"{root}/{short_file}", line)
+        if text:
+            return text
+    return ""
 
 
 def frame_name(frame: str) -> str:
@@ -43,7 +55,15 @@ def thread_group(first: str) -> str:
 
 
 def is_idle(stack: list[str]) -> bool:
-    return not stack or frame_name(stack[-1]) in IDLE_LEAVES
+    if not stack:
+        return True
+    name = frame_name(stack[-1])
+    if name in WORKER_LOOPS:
+        m = FRAME.match(stack[-1].strip())
+        if m is None or not m["line"]:
+            return False
+        return ".get(" in source_line(m["file"], int(m["line"]))
+    return name in IDLE_LEAVES
 
 
 def summarize(path: Path, top: int = 25) -> str:

@@ -44,7 +44,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import ceilings
-from bench.procs import Server, bare_server, child_env, disk_bytes, memory_kib, node_server
+from bench.procs import (
+    Server,
+    bare_server,
+    child_env,
+    disk_bytes,
+    memory_kib,
+    node_server,
+    wait_idle,
+)
 from bench.sign import Signer, member_key
 
 NOT_MEASURED = "not measured (federation not implemented)"
@@ -107,6 +115,7 @@ class Figure:
     samples: list[float] | None = None
     target: str | None = None  # e.g. ">= 0.5"
     note: str = ""
+    agg: str = "median"  # how value summarises samples
 
     @property
     def passed(self) -> bool | None:
@@ -129,7 +138,7 @@ class Figure:
         text = f"{self.name} {self.value:.{digits}f} {self.unit}"
         extras = []
         if self.samples and len(self.samples) > 1:
-            extras.append(f"median of {len(self.samples)}, spread {self.spread_pct():.1f}% "
+            extras.append(f"{self.agg} of {len(self.samples)}, spread {self.spread_pct():.1f}% "
                           f"({_fmt(min(self.samples))}–{_fmt(max(self.samples))})")
         if self.target is not None:
             extras.append(f"target {self.target.replace('>=', '≥').replace('<=', '≤')} "
@@ -147,6 +156,7 @@ class Figure:
             "target": self.target,
             "pass": self.passed,
             "note": self.note or None,
+            "aggregate": self.agg if self.samples else None,
         }
 
 
@@ -192,11 +202,12 @@ class Bench:
     def load(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Run ``spec`` in the load generator (another process, started once); its result."""
         spec.setdefault("timeout", 600)
+        self.settle()
         if self.generator is None or self.generator.poll() is not None:
-            self.generator = subprocess.Popen(
-                [sys.executable, "-m", "bench.load", "--serve"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=open(self.logs / "load.err", "ab"),
-                env=child_env())
+            with open(self.logs / "load.err", "ab") as err:
+                self.generator = subprocess.Popen(
+                    [sys.executable, "-m", "bench.load", "--serve"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=err, env=child_env())
         assert self.generator.stdin is not None and self.generator.stdout is not None
         self.generator.stdin.write(json.dumps(spec).encode() + b"\n")
         self.generator.stdin.flush()
@@ -223,6 +234,8 @@ class Bench:
         if self.generator is not None:
             assert self.generator.stdin is not None
             self.generator.stdin.close()
+            if self.generator.stdout is not None:
+                self.generator.stdout.close()
             try:
                 self.generator.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -232,13 +245,21 @@ class Bench:
 
     # --- ceilings ---------------------------------------------------------------------
 
+    def settle(self) -> None:
+        """Let every server started here go quiet before the next timed run."""
+        pids = [s.pid for s in self.servers if s.proc is not None and s.proc.poll() is None]
+        if pids:
+            wait_idle(pids)
+
     def verify_ceiling(self, processes: int, seconds: float) -> float:
+        self.settle()
         start_at = time.time() + 0.3
         jobs = [self.pool.submit(ceilings.verify_rate, seconds, start_at)
                 for _ in range(processes)]
         return sum(j.result() for j in jobs)
 
     def sqlite_ceiling(self, batch: int) -> float:
+        self.settle()
         path = str(self.work / "ceiling.sqlite")
         return self.pool.submit(ceilings.sqlite_rate, path, batch, self.p.sqlite_seconds).result()
 
@@ -424,25 +445,31 @@ class Bench:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         p = self.p
         seconds = max(p.fig1_seconds, p.fig2_seconds) * 2
-        for name, path, per, conc in (("fig1", "/v1/transfers", 1, p.concurrency),
-                                      ("fig2", "/v1/transfers/batch", p.batch_size,
-                                       p.batch_concurrency)):
+        for (name, path, per, conc), kind in [
+            (fig, kind)
+            for fig in (("fig1", "/v1/transfers", 1, p.concurrency),
+                        ("fig2", "/v1/transfers/batch", p.batch_size, p.batch_concurrency))
+            for kind in ("wall", "gil")
+        ]:
             rate = self.figures[f"{name}.transfers_per_s"].value
             assert isinstance(rate, float)
             bodies = self.write_bodies(f"profile-{name}", signer.bodies(
                 int(rate * seconds * 1.3) + conc * per, per))
-            raw = self.profile_dir / f"{name}.collapsed"
+            raw = self.profile_dir / f"{name}.{kind}.collapsed"
+            # wall: every thread, idle or not (what each thread waits on); gil: only the
+            # thread holding the GIL (where the Python CPU of a GIL-bound process goes).
+            flags = ["--threads", "--idle"] if kind == "wall" else ["--threads", "--gil"]
             spy = subprocess.Popen(
                 [py_spy, "record", "--pid", str(node.pid), "--duration", str(int(seconds)),
-                 "--rate", "200", "--format", "raw", "--threads", "--idle", "--nonblocking",
-                 "-o", str(raw)],
+                 "--rate", "200", "--format", "raw", "--nonblocking", *flags, "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             time.sleep(0.5)
             self.load({"mode": "closed", "url": node.url, "path": path, "bodies_file": bodies,
                        "concurrency": conc, "duration": seconds, "check":
                        "accepted" if per > 1 else "status", "items_per_body": per})
             spy.wait(timeout=seconds + 60)
-            self.say(f"profile of {name} written to {raw}")
+            self.say(f"profile of {name} ({kind}) written to {raw}; "
+                     f"summary: python -m bench.profile {raw}")
 
     # --- figures 4 and 5 ------------------------------------------------------------------
 
@@ -554,10 +581,9 @@ class Bench:
         rss = [r["rss_after_start_kib"] * 1024 / 1e6 for r in rows]
         peak = [r["memory_kib"]["VmHWM"] * 1024 / 1e6 for r in rows]
         self.add(Figure("fig4.rss_after_start", med(rss), "MB", rss))
-        self.add(Figure("fig4.peak_rss", max(peak), "MB", peak, target="<= 250",
+        self.add(Figure("fig4.peak_rss", max(peak), "MB", peak, target="<= 250", agg="worst",
                         note="VmHWM after proofs and tiles"
-                        + (" and a full audit" if audit_node is large else "")
-                        + "; worst of the runs"))
+                        + (" and a full audit" if audit_node is large else "")))
         self.add(Figure("fig4.disk_per_transfer", per_transfer, "B/transfer",
                         note="(large − small) on disk ÷ (large − small) entries"))
         audits = [r["audit"] for r in rows if "audit" in r]

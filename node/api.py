@@ -20,7 +20,7 @@ import aiosqlite
 from aiohttp import web
 
 from crypto.canonical import parse_json
-from crypto.httpsig import verify_request
+from crypto.httpsig import VerifiedRequest, verify_request
 from crypto.keys import PublicKey
 from node import storage
 from node.openapi import openapi_document
@@ -56,7 +56,13 @@ JSON_TYPES = ("application/json", "application/problem+json")
 # --- request helpers ----------------------------------------------------------------------
 
 
+BODY = web.RequestKey("body", bytes)
+
+
 async def read_body(request: web.Request, cap: int) -> bytes:
+    """The request body, at most ``cap`` bytes; read once and kept on the request."""
+    if BODY in request:
+        return request[BODY]
     if request.content_length is not None and request.content_length > cap:
         raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
     data = bytearray()
@@ -64,7 +70,8 @@ async def read_body(request: web.Request, cap: int) -> bytes:
         data += chunk
         if len(data) > cap:
             raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
-    return bytes(data)
+    request[BODY] = bytes(data)
+    return request[BODY]
 
 
 async def read_json(request: web.Request, cap: int) -> Any:
@@ -94,12 +101,14 @@ class Reader:
     steward: bool
 
 
-async def authenticate(request: web.Request) -> Reader:
-    """Check a signed read: signature, recipient, freshness, nonce, and who the signer is."""
+async def verify_signed(request: web.Request, skew: int) -> VerifiedRequest:
+    """Check an HTTP message signature meant for this node: signature, recipient, freshness.
+
+    The caller checks who the signer is, then calls ``consume_nonce``: a refused request
+    writes nothing, not even its nonce."""
     node = request.app[NODE]
     body = await read_body(request, node.config.api.max_body_bytes)
     now = node.clock_ms() // 1000
-    skew = node.config.api.request_skew_seconds
     verified = verify_request(
         method=request.method,
         # RFC 9421: the path and query as sent (percent-encoded), not as decoded.
@@ -111,6 +120,24 @@ async def authenticate(request: web.Request) -> Reader:
         now=now,
         max_skew=skew,
     )
+    return verified
+
+
+async def consume_nonce(request: web.Request, verified: VerifiedRequest, skew: int) -> None:
+    """Remember the nonce durably (until the request could no longer be fresh), so a replay
+    is refused even after a restart; rate-limit the signer."""
+    node = request.app[NODE]
+    limit_rate(request, verified.signer.text)
+    assert node.writer is not None
+    if not await node.writer.remember_nonce(verified.nonce, verified.created + skew):
+        raise Problem(ResultCode.replayed_request, "this signed request was already used")
+
+
+async def authenticate(request: web.Request) -> Reader:
+    """Check a member's or steward's signed request, and say who they are."""
+    node = request.app[NODE]
+    skew = node.config.api.request_skew_seconds
+    verified = await verify_signed(request, skew)
     state = node.ledger
     handle = state.key_owner(verified.signer)
     steward = verified.signer in state.stewards
@@ -119,10 +146,7 @@ async def authenticate(request: web.Request) -> Reader:
             ResultCode.unknown_signer,
             "the signing key belongs to no member or steward of this collective",
         )
-    limit_rate(request, verified.signer.text)
-    assert node.writer is not None
-    if not await node.writer.remember_nonce(verified.nonce, verified.created + skew):
-        raise Problem(ResultCode.replayed_request, "this signed request was already used")
+    await consume_nonce(request, verified, skew)
     return Reader(verified.signer, handle, steward)
 
 
@@ -470,8 +494,10 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/v1/accounts/{handle}/erase-memos", erase_memos)
     # The log routes need this module's NODE and authenticate: registered here, imported late.
     from node.logapi import add_log_routes
+    from node.peerapi import add_federation_routes
 
     add_log_routes(app)
+    add_federation_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await node.start()

@@ -28,6 +28,7 @@ import yarl
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import PublicKey, SecretKey, b64url
+from protocol.federation import Line, Party, PaymentOrder
 from protocol.ledger import memo_hash
 from protocol.messages import (
     Admit,
@@ -315,6 +316,75 @@ class TallyClient:
 
     async def event(self, event_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/events/{event_id}", signed=True))[1]  # type: ignore[no-any-return]
+
+    # --- other collectives --------------------------------------------------------------
+
+    async def pay_remote(
+        self,
+        payer: str,
+        payee: str,
+        payee_node: PublicKey,
+        amount: int,
+        max_pay: int,
+        valid_for_ms: int = 120_000,
+    ) -> dict[str, Any]:
+        """Pay ``payee`` at the collective whose node key is ``payee_node``: ``amount`` in
+        the payee's unit, spending at most ``max_pay`` of ours. Final: a receipt, or a
+        TallyError with the refusal's code. Never retried here after a timeout: ask
+        ``payment(order_id)`` instead (the order id is in the error's problem, if any)."""
+        if self.key is None:
+            raise TallyError("no_key", "paying needs the payer's key: `tally key new`")
+        info = await self.info()
+        order = PaymentOrder(info.ledger_id, new_id(), payer, payee, payee_node, amount, max_pay,
+                             now_ms() + valid_for_ms)
+        body = sign_message(order, self.key).to_json()
+        return (await self._request("POST", "/v1/payments", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def payment(self, order_id: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/payments/{order_id}", signed=True))[1]  # type: ignore[no-any-return]
+
+    async def lines(self) -> dict[str, Any]:
+        return (await self._request("GET", "/v1/lines", signed=True))[1]  # type: ignore[no-any-return]
+
+    async def propose_line(
+        self,
+        peer_url: str,
+        stewards: Sequence[SecretKey],
+        our_limit: int,
+        their_limit: int,
+        rate_num: int = 1,
+        rate_den: int = 1,
+    ) -> dict[str, Any]:
+        """Propose a credit line to the collective at ``peer_url``: we let them owe us up to
+        ``our_limit`` (our unit); they let us owe them up to ``their_limit`` (theirs);
+        ``rate_num/rate_den`` of their units per one of ours."""
+        mine = await self.info()
+        async with TallyClient(peer_url, retries=self.retries) as peer:
+            theirs = await peer.info()
+        line = Line(new_id(), 1, Party(mine.node_key, mine.ledger_id, mine.name, mine.unit),
+                    Party(theirs.node_key, theirs.ledger_id, theirs.name, theirs.unit),
+                    our_limit, their_limit, rate_num, rate_den, "active",
+                    now_ms() + 7 * 24 * 3600_000)
+        body = {"line": sign_message(line, *stewards).to_json(), "url": peer_url,
+                "action": "propose"}
+        return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def accept_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        """Accept a proposal this collective received, as its stewards."""
+        self_key = self.key
+        self.key = stewards[0]
+        try:
+            listing = await self.lines()
+        finally:
+            self.key = self_key
+        terms = next((p["terms"] for p in listing["proposals"] if p["id"] == line_id), None)
+        if terms is None:
+            raise TallyError("line_not_found", f"no proposal {line_id} here")
+        from protocol.messages import parse_message
+
+        line = parse_message(terms, frozenset({"line"}))
+        body = {"line": sign_message(line, *stewards).to_json(), "url": "", "action": "accept"}
+        return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
 
     # --- stewards ----------------------------------------------------------------------
 

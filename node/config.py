@@ -63,12 +63,28 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    # Each hop's expiry is at least this much shorter than the one before: a round trip, plus
+    # twice the allowed clock skew, plus the time to commit. Peers whose clock is off by more
+    # than a quarter of it are refused.
+    margin_ms: int = 8000
+    payment_timeout_ms: int = 30000  # how long a payment may stay in flight, end to end
+    quote_ttl_ms: int = 60000  # how long a quote (and its fulfilment) stays valid
+    peer_timeout_ms: int = 5000  # one HTTP request to a peer
+    # Risk per line: most value (in our unit) and most payments held at once, longest hold.
+    max_in_flight_value: int = 1_000_000
+    max_in_flight_count: int = 100
+    max_hold_ms: int = 120000
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
 
     def validate(self) -> None:
         if self.ledger.books not in ("open", "private"):
@@ -80,6 +96,11 @@ class Config:
         if not 1 <= self.api.max_batch <= 10000:
             raise ConfigError("[api] max_batch must be between 1 and 10000")
         parse_listen(self.node.listen)
+        fed = self.federation
+        if fed.payment_timeout_ms < 2 * fed.margin_ms:
+            raise ConfigError("[federation] payment_timeout_ms must be at least twice margin_ms")
+        if fed.max_hold_ms < fed.payment_timeout_ms:
+            raise ConfigError("[federation] max_hold_ms must be at least payment_timeout_ms")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

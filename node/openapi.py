@@ -192,6 +192,21 @@ SCHEMAS: dict[str, Any] = {
          "leaf_hash": {"type": "string"}}
     ),
     "Erased": _obj({"handle": HANDLE, "erased": {"type": "integer", "minimum": 0}}),
+    "SignedMessage": _obj({"msg": {"type": "object"},
+                           "sigs": {"type": "array", "items": _ref("Signature")}}),
+    "PaymentReceipt": {"type": "object", "required": ["result", "order", "attempt",
+                                                      "fulfilment", "quote"],
+                       "properties": {"result": {"const": "ok"}, "order": ID, "attempt": ID,
+                                      "fulfilment": {"type": "string"},
+                                      "amount_paid": INT, "amount_received": INT,
+                                      "quote": _ref("SignedMessage")}},
+    "PaymentStatus": {"type": "object", "properties": {
+        "order": ID, "attempts": {"type": "array", "items": {"type": "object"}}}},
+    "Lines": {"type": "object", "properties": {
+        "lines": {"type": "array", "items": {"type": "object"}},
+        "proposals": {"type": "array", "items": {"type": "object"}}}},
+    "LineRequest": _obj({"line": _ref("SignedMessage"), "url": {"type": "string"},
+                         "action": {"enum": ["propose", "accept"]}}),
 }
 
 
@@ -238,6 +253,12 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
+                "nodeSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Signature",
+                    "description": "RFC 9421 signature by the sending node's key",
+                },
                 "memberSignature": {
                     "type": "apiKey",
                     "in": "header",
@@ -388,6 +409,52 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [{"name": "index", "in": "path", "required": True,
                                 "schema": {"type": "integer", "minimum": 0}}],
                 "responses": {"200": _json("LogEntry", "the entry"), **READ_PROBLEMS}}},
+            "/v1/payments": {"post": {
+                "operationId": "payAcross",
+                "summary": "Pay a member of another collective (a payer-signed payment_order). "
+                           "The answer is final: 201 with the receipt (fulfilment and the "
+                           "payee's signed quote), or a problem with the refusal's code",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("SignedMessage")}}},
+                "responses": {"201": _json("PaymentReceipt", "paid"),
+                              **_problems(400, 409, 413, 415, 422, 429, 503)}}},
+            "/v1/payments/{order}": {"get": {
+                "operationId": "getPayment", "summary": "The attempts of a payment order",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "order", "in": "path", "required": True, "schema": ID}],
+                "responses": {"200": _json("PaymentStatus", "its attempts"), **READ_PROBLEMS}}},
+            "/v1/lines": {
+                "get": {"operationId": "getLines",
+                        "summary": "Credit lines with other collectives, and pending proposals",
+                        "security": SIGNED_READ,
+                        "responses": {"200": _json("Lines", "lines and proposals"),
+                                      **READ_PROBLEMS}},
+                "post": {"operationId": "postLine",
+                         "summary": "Stewards propose a line to another collective's node "
+                                    "(action propose, url) or accept a received proposal",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": _ref("LineRequest")}}},
+                         "responses": {"201": {"description": "proposed or active",
+                                               "content": {"application/json": {}}},
+                                       **_problems(400, 401, 404, 409, 422)}},
+            },
+            **{
+                f"/v1/peer/{name}": {"post": {
+                    "operationId": f"peer{name.capitalize()}",
+                    "summary": summary,
+                    "security": [{"nodeSignature": []}],
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"type": "object"}}}},
+                    "responses": {"200": {"description": "the signed answer",
+                                          "content": {"application/json": {}}},
+                                  **_problems(400, 401, 403, 404, 409, 422, 429)}}}
+                for name, summary in (
+                    ("lines", "Node to node: propose line terms, or accept ours"),
+                    ("quote", "Node to node: ask the payee's collective for a signed quote"),
+                    ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed"),
+                    ("decision", "Node to node: the upstream's decision, post or void"),
+                )
+            },
             "/v1/events/{id}": {
                 "get": {"operationId": "getEvent", "summary": "The receipt of an applied event",
                         "security": SIGNED_READ,

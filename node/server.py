@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,19 +29,29 @@ class Served:
 
 async def serve(node: Node, host: str, port: int) -> Served:
     """Start serving ``node`` on host:port (port 0 picks a free one); returns its URL."""
+    # Bind first, so the node knows the URL peers reach it at before it starts.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"http://{shown}:{bound[1]}"
+    if not node.public_url:
+        node.public_url = url
     runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.SockSite(runner, sock)
         await site.start()
     except BaseException:
         await runner.cleanup()
+        sock.close()
         raise
-    server = site._server
-    assert isinstance(server, asyncio.base_events.Server)
-    bound = server.sockets[0].getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    return Served(node, runner, f"http://{shown}:{bound[1]}")
+    return Served(node, runner, url)
 
 
 async def wait_for_stop_signal() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 
@@ -30,6 +31,9 @@ from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
 from node.writer import Writer
+
+if TYPE_CHECKING:
+    from node.federation import Federation
 from protocol.ledger import LedgerState, Policy, SigCheck
 from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
 
@@ -129,6 +133,9 @@ class Node:
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None
+        self.federation: Federation | None = None
+        # The URL peers reach us at: the configured one, else set by the server once bound.
+        self.public_url = self.config.node.public_url
 
     @property
     def ledger(self) -> LedgerState:
@@ -176,6 +183,10 @@ class Node:
         self.writer.on_commit = self.checkpointer.on_commit
         self.tasks.append(asyncio.create_task(self.writer.run(), name="writer"))
         self.tasks.append(asyncio.create_task(self.checkpointer.run(), name="checkpointer"))
+        from node.federation import Federation
+
+        self.federation = Federation(self)
+        await self.federation.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
@@ -188,6 +199,9 @@ class Node:
         await self.writer.write(insert)
 
     async def stop(self) -> None:
+        if self.federation is not None:
+            await self.federation.stop()
+            self.federation = None
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -47,16 +47,24 @@ REFUSALS = {
 }
 
 
+@dataclass(frozen=True)
+class Sent:
+    id: str
+    payer: str
+    payee: str
+    amount: int
+
+
 @dataclass
 class Books:
     """What the clients sent and what they were told."""
 
-    sent: dict[str, Transfer] = field(default_factory=dict)
+    sent: dict[str, Sent] = field(default_factory=dict)
     acked: dict[str, int] = field(default_factory=dict)  # id -> log index in the receipt
     refused: dict[str, str] = field(default_factory=dict)  # id -> result code
     retries: int = 0  # requests sent again after no definite answer
 
-    def answer(self, transfer: Transfer, result: dict[str, Any]) -> None:
+    def answer(self, transfer: Sent, result: dict[str, Any]) -> None:
         code = result["result"]
         assert transfer.id not in self.acked and transfer.id not in self.refused
         if code in ACCEPTED:
@@ -117,7 +125,7 @@ async def sender(
                     transfer_id=rng.getrandbits(128).to_bytes(16, "big").hex(),
                 )
                 msg = body["transfer"]["msg"]
-                books.sent[msg["id"]] = Transfer(**{k: v for k, v in msg.items() if k != "type"})
+                books.sent[msg["id"]] = Sent(msg["id"], payer, payee, msg["amount"])
                 bodies.append(body)
             if count == 1:
                 status, doc = await post_until_answered(

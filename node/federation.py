@@ -1,0 +1,713 @@
+"""The federation driver: credit lines with other collectives, and payments across them.
+
+Layer: node. Carries out what ``protocol.settlement`` decides and ``protocol.lines`` allows:
+it talks to peer nodes (signed HTTP requests with the node key), keeps each payment's state
+in the ``payments`` table, resends what was not acknowledged, and on start resumes every
+unfinished payment.
+
+Rules it keeps (DESIGN.md §Federation):
+- every state is committed (through the single writer) before any message about it is sent;
+- every message is idempotent by attempt id: a repeated PREPARE gets the same FULFIL or
+  REJECT, a repeated DECISION the same acknowledgement;
+- the destination fulfils at most one attempt per order;
+- on each line the upstream node alone decides post or void, by its own clock; the payer is
+  told "failed" only after a definite REJECT or a void at expiry, never after a mere timeout.
+
+A payment, as the source sees it::
+
+    order (payer-signed) -> quote (destination-signed) -> hold logged -> PREPARE sent
+      -> FULFIL: post logged, DECISION post delivered      => the payer's receipt
+      -> REJECT, or expiry: void logged, DECISION void      => refused, with its code
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+from crypto.keys import PublicKey
+from protocol import settlement as sm
+from protocol.codes import ResultCode
+from protocol.federation import (
+    Decision,
+    Fulfil,
+    Line,
+    PaymentOrder,
+    Prepare,
+    Quote,
+    Reject,
+    condition_of,
+)
+from protocol.ledger import Outcome
+from protocol.messages import Signed, parse_signed, sign_message
+from node.client import TallyClient, TallyError
+
+if TYPE_CHECKING:
+    from node.service import Node
+
+log = logging.getLogger(__name__)
+
+
+class FederationError(Exception):
+    """A payment or line request refused; ``code`` is a ResultCode."""
+
+    def __init__(self, code: ResultCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class PaymentRecord:
+    """What this node keeps about one attempt: the state machine and the signed messages."""
+
+    payment: sm.Payment
+    prepare: Signed
+    peer: str  # key id of the node on the other side of the line
+    answer: Signed | None = None  # destination: the FULFIL or REJECT we gave
+    result: dict[str, Any] | None = None  # source: what the payer was told
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.payment
+        return {
+            "id": p.id, "role": p.role.value, "condition": p.condition.hex(),
+            "inbound": p.inbound.value if p.inbound else None,
+            "inbound_expiry": p.inbound_expiry,
+            "outbound": p.outbound.value if p.outbound else None,
+            "outbound_expiry": p.outbound_expiry, "decision_acked": p.decision_acked,
+            "hold": p.hold, "fulfilment": p.fulfilment.hex() if p.fulfilment else None,
+            "prepare": self.prepare.to_json(), "peer": self.peer,
+            "answer": self.answer.to_json() if self.answer else None, "result": self.result,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> PaymentRecord:
+        payment = sm.Payment(
+            id=doc["id"], role=sm.Role(doc["role"]), condition=bytes.fromhex(doc["condition"]),
+            inbound=sm.In(doc["inbound"]) if doc["inbound"] else None,
+            inbound_expiry=doc["inbound_expiry"],
+            outbound=sm.Out(doc["outbound"]) if doc["outbound"] else None,
+            outbound_expiry=doc["outbound_expiry"], decision_acked=doc["decision_acked"],
+            hold=doc["hold"],
+            fulfilment=bytes.fromhex(doc["fulfilment"]) if doc["fulfilment"] else None,
+        )
+        answer = doc.get("answer")
+        return cls(
+            payment, parse_signed(doc["prepare"]), doc["peer"],
+            parse_signed(answer) if answer else None, doc.get("result"),
+        )
+
+
+def _merge(signed: Signed, *others: Signed) -> Signed:
+    """One message with every distinct signature the copies carry."""
+    sigs = list(signed.sigs)
+    seen = {s.key for s in sigs}
+    for other in others:
+        if other.msg != signed.msg:
+            raise FederationError(ResultCode.invalid_field, "the copies sign different terms")
+        for s in other.sigs:
+            if s.key not in seen:
+                sigs.append(s)
+                seen.add(s.key)
+    return Signed(signed.msg, tuple(sigs))
+
+
+class Federation:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.payments: dict[str, PaymentRecord] = {}
+        self.peer_urls: dict[str, str] = {}
+        self.clients: dict[str, TallyClient] = {}
+        self.proposals: dict[str, tuple[Signed, str]] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def public_url(self) -> str:
+        return self.node.public_url
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def cfg(self) -> Any:
+        return self.node.config.federation
+
+    @property
+    def key(self) -> PublicKey:
+        return self.node.node_key.public
+
+    async def start(self) -> None:
+        db = self.node.db
+        assert db is not None
+        async with db.execute("SELECT key, value FROM meta WHERE key LIKE 'peer_url:%'") as cur:
+            self.peer_urls = {row[0].split(":", 1)[1]: row[1] async for row in cur}
+        async with db.execute("SELECT key, value FROM meta WHERE key LIKE 'proposal:%'") as cur:
+            async for row in cur:
+                doc = json.loads(row[1])
+                self.proposals[row[0].split(":", 1)[1]] = (parse_signed(doc["line"]), doc["url"])
+        async with db.execute("SELECT doc FROM payments WHERE finished = 0") as cur:
+            async for row in cur:
+                record = PaymentRecord.from_json(json.loads(row[0]))
+                self.payments[record.payment.id] = record
+        if self.payments:
+            log.info("resuming %d unfinished payment(s)", len(self.payments))
+        for record in list(self.payments.values()):
+            if record.payment.role == sm.Role.source and record.payment.outbound == sm.Out.held:
+                self._spawn(self._drive_source(record))
+        self._spawn(self._ticker())
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for client in self.clients.values():
+            await client.close()
+        self.clients.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def now(self) -> int:
+        return self.node.clock_ms()
+
+    # --- storage (through the single writer) --------------------------------------------
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (key, value))
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+
+    async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
+        doc = json.dumps(record.to_json())
+        finished = 1 if record.payment.finished else 0
+        now = self.now()
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT OR REPLACE INTO payments (id, doc, finished, updated) VALUES (?, ?, ?, ?)",
+                (record.payment.id, doc, finished, now),
+            )
+            if extra is not None:
+                await extra(db)
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+        if finished:
+            self.payments.pop(record.payment.id, None)
+        else:
+            self.payments[record.payment.id] = record
+
+    async def _log(self, signed: Signed) -> Outcome:
+        """Apply a federation entry through the writer (signatures checked first)."""
+        check = (await self.node.verify([signed]))[0]
+        assert self.node.writer is not None
+        return await self.node.writer.submit(signed, check)
+
+    # --- peers ----------------------------------------------------------------------------
+
+    def line_with(self, peer: PublicKey) -> Line | None:
+        for signed in self.node.ledger.lines.values():
+            line = signed.msg
+            assert isinstance(line, Line)
+            if peer in (line.a.node_key, line.b.node_key):
+                return line
+        return None
+
+    def client_for(self, key_id: str) -> TallyClient:
+        url = self.peer_urls.get(key_id)
+        if url is None:
+            raise FederationError(ResultCode.unknown_peer, "no address known for that node")
+        client = self.clients.get(key_id)
+        if client is None or client.url != url.rstrip("/"):
+            client = TallyClient(url, self.node.node_key, retries=0,
+                                 timeout=self.cfg.peer_timeout_ms / 1000)
+            self.clients[key_id] = client
+        return client
+
+    async def _remember_peer(self, key: PublicKey, url: str) -> None:
+        if url and self.peer_urls.get(key.key_id) != url:
+            await self._set_meta(f"peer_url:{key.key_id}", url)
+            self.peer_urls[key.key_id] = url
+
+    async def _peer_post(self, key_id: str, path: str, body: dict[str, Any]) -> Any:
+        client = self.client_for(key_id)
+        return (await client._request("POST", path, body, signed=True, idempotent=False))[1]
+
+    # --- lines ----------------------------------------------------------------------------
+
+    async def propose_line(self, signed: Signed, peer_url: str) -> dict[str, Any]:
+        """Our stewards signed these terms: add the node's signature and send them."""
+        line = signed.msg
+        if not isinstance(line, Line) or line.side(self.key) is None:
+            raise FederationError(ResultCode.not_a_party, "the terms do not name this node")
+        self._check_stewards(signed)
+        other = line.other(self.key)
+        if other.node_key == self.key:
+            raise FederationError(ResultCode.not_a_party, "a line joins two collectives")
+        ours = _merge(signed, sign_message(line, self.node.node_key))
+        await self._set_meta(f"proposal:{line.id}", json.dumps({"line": ours.to_json(),
+                                                                "url": peer_url}))
+        self.proposals[line.id] = (ours, peer_url)
+        await self._remember_peer(other.node_key, peer_url)
+        node_only = _merge(sign_message(line, self.node.node_key))
+        await self._peer_post(other.node_key.key_id, "/v1/peer/lines",
+                              {"line": node_only.to_json(), "url": self.public_url})
+        return {"line": line.id, "status": "proposed", "peer": other.name}
+
+    async def accept_line(self, signed: Signed) -> dict[str, Any]:
+        """Our stewards accept a proposal we received: log it, and send the acceptance."""
+        line = signed.msg
+        assert isinstance(line, Line)
+        pending = self.proposals.get(line.id)
+        if pending is None:
+            raise FederationError(ResultCode.line_not_found, f"no proposal {line.id} to accept")
+        proposal, url = pending
+        self._check_stewards(signed)
+        entry = _merge(proposal, signed, sign_message(line, self.node.node_key))
+        outcome = await self._log(entry)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            raise FederationError(outcome.code, outcome.detail)
+        other = line.other(self.key)
+        both_nodes = Signed(line, tuple(s for s in entry.sigs
+                                        if s.key in (self.key, other.node_key)))
+        await self._peer_post(other.node_key.key_id, "/v1/peer/lines",
+                              {"line": both_nodes.to_json(), "url": self.public_url})
+        await self._drop_proposal(line.id)
+        return {"line": line.id, "status": "active", "index": outcome.index}
+
+    def _check_stewards(self, signed: Signed) -> None:
+        state = self.node.ledger
+        good, all_good = signed.verified_signers()
+        if not all_good or len(good & state.stewards) < state.threshold:
+            raise FederationError(ResultCode.not_enough_steward_signatures,
+                                  f"a line needs the signatures of {state.threshold} steward(s)")
+
+    async def _drop_proposal(self, line_id: str) -> None:
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("DELETE FROM meta WHERE key = ?", (f"proposal:{line_id}",))
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+        self.proposals.pop(line_id, None)
+
+    async def receive_line(self, signed: Signed, url: str, sender: PublicKey) -> dict[str, Any]:
+        """A peer proposes terms (its node signed), or accepts ours (both nodes signed)."""
+        line = signed.msg
+        if not isinstance(line, Line) or line.side(self.key) is None:
+            raise FederationError(ResultCode.not_a_party, "these terms do not name this node")
+        if line.other(self.key).node_key != sender:
+            raise FederationError(ResultCode.not_a_party, "the sender is not the other party")
+        good, all_good = signed.verified_signers()
+        if not all_good or sender not in good:
+            raise FederationError(ResultCode.bad_signature, "the terms are not signed by you")
+        await self._remember_peer(sender, url)
+        if self.key in good:
+            # The acceptance of our proposal: log it with our stewards' signatures.
+            pending = self.proposals.get(line.id)
+            if pending is None:
+                if line.id in self.node.ledger.lines:
+                    return {"line": line.id, "status": "active"}
+                raise FederationError(ResultCode.line_not_found, "we proposed no such line")
+            outcome = await self._log(_merge(pending[0], signed))
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                raise FederationError(outcome.code, outcome.detail)
+            await self._drop_proposal(line.id)
+            return {"line": line.id, "status": "active"}
+        await self._set_meta(f"proposal:{line.id}", json.dumps({"line": signed.to_json(),
+                                                                "url": url}))
+        self.proposals[line.id] = (signed, url)
+        log.info("credit line proposed by %s (%s): %s", line.other(self.key).name,
+                 sender.key_id, line.id)
+        return {"line": line.id, "status": "proposed"}
+
+    # --- the source -------------------------------------------------------------------------
+
+    def _risk_check(self, line: Line, amount: int, expires_at: int) -> None:
+        held = [h for h in self.node.ledger.holds.values()
+                if h.line == line.id and h.state == "held"]
+        if len(held) >= self.cfg.max_in_flight_count:
+            raise FederationError(ResultCode.overloaded,
+                                  "too many payments in flight on this line; retry shortly")
+        if sum(h.amount for h in held) + amount > self.cfg.max_in_flight_value:
+            raise FederationError(ResultCode.overloaded,
+                                  "too much value in flight on this line; retry shortly")
+        if expires_at - self.now() > self.cfg.max_hold_ms:
+            raise FederationError(ResultCode.insufficient_time, "the hold would last too long")
+
+    async def pay(self, order_signed: Signed) -> dict[str, Any]:
+        order = order_signed.msg
+        assert isinstance(order, PaymentOrder)
+        state = self.node.ledger
+        if order.ledger != state.ledger_id:
+            raise FederationError(ResultCode.ledger_mismatch, "signed for another ledger")
+        payer = state.accounts.get(order.payer)
+        if payer is None or payer.kind != "member":
+            raise FederationError(ResultCode.account_not_found, f"no member {order.payer!r}")
+        good, _ = order_signed.verified_signers()
+        if payer.key not in good or len(order_signed.sigs) != 1:
+            raise FederationError(ResultCode.bad_signature, "the order is not signed by the payer")
+        if order.valid_until <= self.now():
+            raise FederationError(ResultCode.expired, "the payment order has expired")
+        line = self.line_with(order.payee_node)
+        if line is None or order.payee_node == self.key:
+            raise FederationError(ResultCode.no_route,
+                                  "this collective has no credit line with the payee's")
+        if line.status != "active":
+            raise FederationError(ResultCode.line_suspended, "the credit line is suspended")
+        peer = order.payee_node
+        attempt_id = os.urandom(16).hex()
+        try:
+            answer = await self._peer_post(peer.key_id, "/v1/peer/quote",
+                                           {"order": order_signed.to_json(), "attempt": attempt_id})
+        except TallyError as exc:
+            code = exc.code if exc.code in ResultCode.__members__ else "rejected"
+            raise FederationError(ResultCode(code) if code != "unreachable" else ResultCode.no_route,
+                                  f"the payee's collective refused to quote: {exc.detail}") from exc
+        quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
+        quote = quote_signed.msg
+        assert isinstance(quote, Quote)
+        qgood, qall = quote_signed.verified_signers()
+        if not qall or peer not in qgood or (quote.order, quote.id) != (order.id, attempt_id):
+            raise FederationError(ResultCode.quote_mismatch, "the quote is not valid for this order")
+        side = line.side(self.key)
+        assert side is not None
+        amount_from = line.needed(quote.amount, side)
+        if amount_from > order.max_pay:
+            raise FederationError(ResultCode.exceeds_max_pay,
+                                  f"it costs {amount_from}; you allowed at most {order.max_pay}")
+        now = self.now()
+        expires = min(quote.expires_at, order.valid_until, now + self.cfg.payment_timeout_ms)
+        if expires - now < self.cfg.margin_ms:
+            raise FederationError(ResultCode.insufficient_time,
+                                  "too little time left before the order or quote expires")
+        self._risk_check(line, amount_from, expires)
+        prepare = sign_message(
+            Prepare(attempt_id, line.id, self.key, peer, amount_from,
+                    line.convert(amount_from, side), quote.condition, expires, order_signed,
+                    quote_signed),
+            self.node.node_key,
+        )
+        record = PaymentRecord(
+            sm.start_source(attempt_id, bytes.fromhex(quote.condition), expires), prepare,
+            peer.key_id,
+        )
+        await self._store(record)  # before the hold: recovery finds it either way
+        outcome = await self._log(prepare)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            record.payment = sm.Payment(record.payment.id, sm.Role.source,
+                                        record.payment.condition, outbound=sm.Out.voided,
+                                        outbound_expiry=expires, decision_acked=True,
+                                        hold="voided")
+            record.result = {"result": outcome.code.value, "detail": outcome.detail}
+            await self._store(record)
+            raise FederationError(outcome.code, outcome.detail)
+        self._spawn(self._drive_source(record))
+        timeout = (expires - self.now()) / 1000 + self.cfg.peer_timeout_ms / 1000 + 5
+        try:
+            await asyncio.wait_for(record.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        result = record.result or {"result": "pending", "detail": "still in flight"}
+        if result["result"] != "ok":
+            code = result["result"]
+            raise FederationError(
+                ResultCode(code) if code in ResultCode.__members__ else ResultCode.rejected,
+                result.get("detail", ""),
+            )
+        return {**result, "order": order.id, "attempt": attempt_id, "amount_paid": amount_from,
+                "amount_received": quote.amount, "quote": quote_signed.to_json()}
+
+    async def _drive_source(self, record: PaymentRecord) -> None:
+        """Send the PREPARE (again, after a restart or a network failure) until answered or
+        expired; then apply the answer."""
+        p = record.prepare.msg
+        assert isinstance(p, Prepare)
+        delay = 0.2
+        while record.payment.outbound == sm.Out.held:
+            if self.now() >= p.expires_at:
+                await self._source_event(record, sm.Tick())
+                break
+            try:
+                answer = await self._peer_post(record.peer, "/v1/peer/prepare",
+                                               {"prepare": record.prepare.to_json()})
+            except TallyError as exc:
+                if exc.status and 400 <= exc.status < 500 and exc.code != "rate_limited":
+                    log.warning("peer refused PREPARE %s: %s", p.id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                await self._source_answer(record, answer)
+            except FederationError as exc:
+                log.warning("peer sent an unusable answer to %s: %s", p.id, exc.detail)
+                await asyncio.sleep(delay)
+
+    async def _source_answer(self, record: PaymentRecord, answer: Any) -> None:
+        if not isinstance(answer, dict) or not ({"fulfil", "reject"} & set(answer)):
+            raise FederationError(ResultCode.invalid_field, "no FULFIL or REJECT in the answer")
+        kind = "fulfil" if "fulfil" in answer else "reject"
+        signed = parse_signed(answer[kind], frozenset({kind}))
+        good, all_good = signed.verified_signers()
+        peer_key = record.prepare.msg.to_node  # type: ignore[union-attr]
+        if not all_good or peer_key not in good or signed.msg.id != record.payment.id:  # type: ignore[union-attr]
+            raise FederationError(ResultCode.bad_signature, "the answer is not the peer's")
+        if isinstance(signed.msg, Fulfil):
+            event: sm.Event = sm.FulfilReceived(bytes.fromhex(signed.msg.fulfilment))
+        else:
+            assert isinstance(signed.msg, Reject)
+            event = sm.RejectReceived(signed.msg.code)
+        await self._source_event(record, event, signed)
+
+    async def _source_event(self, record: PaymentRecord, event: sm.Event,
+                            signed: Signed | None = None) -> None:
+        try:
+            new, actions = sm.step(record.payment, event, self.now())
+        except sm.SettlementError as exc:
+            raise FederationError(ResultCode.condition_mismatch, str(exc)) from exc
+        p = record.prepare.msg
+        assert isinstance(p, Prepare)
+        for action in actions:
+            if isinstance(action, sm.ApplyPost):
+                assert signed is not None
+                outcome = await self._log(signed)
+                if outcome.code == ResultCode.too_late:  # our clock moved on meanwhile
+                    new, _ = sm.step(record.payment, sm.Tick(), p.expires_at)
+                    await self._log(sign_message(Decision(p.id, "void"), self.node.node_key))
+                    break
+            elif isinstance(action, sm.ApplyVoid):
+                entry = signed if isinstance(event, sm.RejectReceived) else sign_message(
+                    Decision(p.id, "void"), self.node.node_key)
+                assert entry is not None
+                await self._log(entry)
+        record.payment = new
+        if new.outbound == sm.Out.posted:
+            record.result = {"result": "ok", "fulfilment": new.fulfilment.hex()
+                             if new.fulfilment else None}
+        elif new.outbound == sm.Out.voided and record.result is None:
+            code = event.code if isinstance(event, sm.RejectReceived) else "expired"
+            record.result = {"result": code if code in ResultCode.__members__ else "rejected",
+                             "detail": "refused by the payee's collective" if isinstance(
+                                 event, sm.RejectReceived) else "no answer before the expiry"}
+        await self._store(record)  # the outcome is durable before anyone hears of it
+        record.done.set()
+        await self._send_decision(record)
+
+    async def _send_decision(self, record: PaymentRecord) -> None:
+        if record.payment.outbound not in (sm.Out.posted, sm.Out.voided):
+            return
+        if record.payment.decision_acked:
+            return
+        outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
+        decision = sign_message(Decision(record.payment.id, outcome), self.node.node_key)
+        try:
+            await self._peer_post(record.peer, "/v1/peer/decision",
+                                  {"decision": decision.to_json()})
+        except TallyError as exc:
+            log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
+            return
+        record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
+        await self._store(record)
+
+    async def _ticker(self) -> None:
+        """Time passes: void what expired, resend what is unacknowledged."""
+        while True:
+            await asyncio.sleep(0.5)
+            for record in list(self.payments.values()):
+                try:
+                    await self._tick(record)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("payment %s: tick failed; will retry", record.payment.id)
+
+    async def _tick(self, record: PaymentRecord) -> None:
+        p = record.payment
+        if p.role == sm.Role.source:
+            if p.outbound == sm.Out.held:
+                assert p.outbound_expiry is not None
+                if self.now() >= p.outbound_expiry:
+                    await self._source_event(record, sm.Tick())
+            else:
+                await self._send_decision(record)
+            return
+        # Destination: a prepared payment that expired before we fulfilled is rejected.
+        if p.inbound == sm.In.prepared and p.inbound_expiry is not None \
+                and self.now() >= p.inbound_expiry:
+            await self._destination_reject(record, "expired", "expired before it was fulfilled")
+
+    # --- the destination ------------------------------------------------------------------
+
+    async def quote(self, order_signed: Signed, attempt_id: str, sender: PublicKey) -> Signed:
+        order = order_signed.msg
+        assert isinstance(order, PaymentOrder)
+        if order.payee_node != self.key:
+            raise FederationError(ResultCode.no_route, "that payee is not a member here")
+        if self.line_with(sender) is None:
+            raise FederationError(ResultCode.unknown_peer, "no credit line with your collective")
+        payee = self.node.ledger.accounts.get(order.payee)
+        if payee is None or payee.kind != "member":
+            raise FederationError(ResultCode.account_not_found, f"no member {order.payee!r} here")
+        if payee.status != "open":
+            raise FederationError(ResultCode.account_closed, f"{order.payee!r} is closed")
+        db = self.node.reader
+        assert db is not None
+        async with db.execute("SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1",
+                              (order.id,)) as cur:
+            if await cur.fetchone():
+                raise FederationError(ResultCode.exists, "this order was already paid")
+        fulfilment = os.urandom(32)
+        quote = sign_message(
+            Quote(attempt_id, order.id, sender, order.payee, order.amount,
+                  condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms),
+            self.node.node_key,
+        )
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
+                (attempt_id, order.id, fulfilment, json.dumps(quote.to_json())),
+            )
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)  # stored before the quote leaves this node
+        return quote
+
+    async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed:
+        p = signed.msg
+        assert isinstance(p, Prepare)
+        if p.from_node != sender or p.to_node != self.key:
+            raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
+        record = self.payments.get(p.id) or await self._load_record(p.id)
+        if record is not None:
+            if record.prepare.msg != p:
+                raise FederationError(ResultCode.exists_with_different_fields,
+                                      "a different PREPARE already used this attempt id")
+            if record.answer is not None:
+                return record.answer  # idempotent: the same answer again
+        db = self.node.reader
+        assert db is not None
+        async with db.execute("SELECT fulfilment, order_id FROM quotes WHERE id = ?",
+                              (p.id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return await self._refuse_prepare(signed, "quote_mismatch", "no quote for this attempt")
+        fulfilment, order_id = bytes(row[0]), row[1]
+        async with db.execute(
+            "SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1 AND id != ?",
+            (order_id, p.id),
+        ) as cur:
+            if await cur.fetchone():
+                return await self._refuse_prepare(signed, "exists",
+                                                  "another attempt of this order was paid")
+        if p.expires_at - self.now() < self.cfg.margin_ms // 4:
+            return await self._refuse_prepare(signed, "insufficient_time",
+                                              "too little time left to settle safely")
+        line = self.line_with(sender)
+        if line is not None:
+            try:
+                self._risk_check(line, p.amount_to, p.expires_at)
+            except FederationError as exc:
+                return await self._refuse_prepare(signed, exc.code.value, exc.detail)
+        if record is None:
+            record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
+                                                        p.expires_at), signed, sender.key_id)
+            await self._store(record)
+        outcome = await self._log(signed)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            return await self._refuse_prepare(signed, outcome.code.value, outcome.detail, record)
+        new, actions = sm.step(record.payment, sm.LocalFulfil(fulfilment), self.now())
+        record.payment = new
+        if any(isinstance(a, sm.ApplyVoid) for a in actions):  # expired meanwhile
+            return await self._destination_reject(record, "expired", "expired on arrival")
+        record.answer = sign_message(Fulfil(p.id, fulfilment.hex()), self.node.node_key)
+
+        async def mark(db: aiosqlite.Connection) -> None:
+            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
+
+        await self._store(record, mark)  # fulfilled, durably, before the FULFIL leaves
+        return record.answer
+
+    async def _refuse_prepare(self, signed: Signed, code: str, detail: str,
+                              record: PaymentRecord | None = None) -> Signed:
+        p = signed.msg
+        assert isinstance(p, Prepare)
+        reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
+                                     detail[:500]), self.node.node_key)
+        if record is None:
+            record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
+                                                        p.expires_at), signed, p.from_node.key_id)
+        record.payment = sm.Payment(p.id, sm.Role.destination, record.payment.condition,
+                                    inbound=sm.In.rejected, inbound_expiry=p.expires_at,
+                                    hold="voided")
+        record.answer = reject
+        await self._store(record)
+        return reject
+
+    async def _destination_reject(self, record: PaymentRecord, code: str, detail: str) -> Signed:
+        p = record.prepare.msg
+        assert isinstance(p, Prepare)
+        reject = sign_message(Reject(p.id, code, detail), self.node.node_key)
+        outcome = await self._log(reject)  # void our inbound hold, if there is one
+        if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
+            log.warning("could not void hold %s: %s", p.id, outcome.detail)
+        record.payment = sm.Payment(p.id, sm.Role.destination, record.payment.condition,
+                                    inbound=sm.In.rejected, inbound_expiry=p.expires_at,
+                                    hold="voided")
+        record.answer = reject
+        await self._store(record)
+        return reject
+
+    async def receive_decision(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
+        d = signed.msg
+        assert isinstance(d, Decision)
+        record = self.payments.get(d.id) or await self._load_record(d.id)
+        if record is None or record.peer != sender.key_id:
+            raise FederationError(ResultCode.hold_not_found, "no payment with you by that id")
+        try:
+            new, actions = sm.step(record.payment, sm.DecisionReceived(d.outcome), self.now())
+        except sm.SettlementError as exc:
+            raise FederationError(ResultCode.hold_resolved, str(exc)) from exc
+        if any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions):
+            outcome = await self._log(signed)
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                raise FederationError(outcome.code, outcome.detail)
+        record.payment = new
+        await self._store(record)
+        return {"id": d.id, "ack": d.outcome}
+
+    async def _load_record(self, attempt_id: str) -> PaymentRecord | None:
+        db = self.node.reader
+        assert db is not None
+        async with db.execute("SELECT doc FROM payments WHERE id = ?", (attempt_id,)) as cur:
+            row = await cur.fetchone()
+        return PaymentRecord.from_json(json.loads(row[0])) if row else None
+
+    async def payment_status(self, order_id: str) -> list[dict[str, Any]]:
+        db = self.node.reader
+        assert db is not None
+        out = []
+        async with db.execute("SELECT doc FROM payments") as cur:
+            async for row in cur:
+                doc = json.loads(row[0])
+                order = doc["prepare"]["msg"]["order"]["msg"]
+                if order["id"] == order_id:
+                    out.append({"attempt": doc["id"], "role": doc["role"],
+                                "outbound": doc["outbound"], "inbound": doc["inbound"],
+                                "hold": doc["hold"], "result": doc["result"],
+                                "payer": order["payer"], "payee": order["payee"]})
+        return out
