@@ -169,8 +169,10 @@ def med(xs: list[float]) -> float:
 
 
 class Bench:
-    def __init__(self, params: Params, work: Path, out: Path, profile: Path | None) -> None:
+    def __init__(self, params: Params, work: Path, out: Path, profile: Path | None,
+                 only: frozenset[str] = frozenset()) -> None:
         self.p = params
+        self.only = only  # figures to run ("1", "2", "4"); empty: all
         self.work = work
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -605,17 +607,22 @@ class Bench:
         self.say(f"mode {self.p.mode}; work directory {self.work}")
         self.pool.submit(ceilings.verify_rate, 0.01).result()  # start the workers
         list(self.pool.map(abs, range(self.workers)))
+        want = (lambda f: not self.only or f in self.only)
         self.machine_ceilings()
-        self.say(f"figures 1-2: node with {self.p.members} members")
-        node, ledger_id = self.start_ledger_node()
-        signer = Signer(self.pool, self.workers, ledger_id, self.run_seed, self.p.members)
-        self.figure1(node, signer)
-        self.figure2(node, signer)
-        if self.profile_dir is not None:
-            self.profile(node, signer)
-        node.stop()
+        if want("1") or want("2"):
+            self.say(f"figures 1-2: node with {self.p.members} members")
+            node, ledger_id = self.start_ledger_node()
+            signer = Signer(self.pool, self.workers, ledger_id, self.run_seed, self.p.members)
+            if want("1"):
+                self.figure1(node, signer)
+            if want("2"):
+                self.figure2(node, signer)
+            if self.profile_dir is not None and want("1") and want("2"):
+                self.profile(node, signer)
+            node.stop()
         self.add(Figure("fig3.cross_collective_transfers_per_s", NOT_MEASURED, ""))
-        self.figure4_5()
+        if want("4") or want("5"):
+            self.figure4_5()
         self.note_load("end")
 
     def results(self) -> dict[str, Any]:
@@ -667,7 +674,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="after the measured runs, record py-spy profiles of the node "
                         "under figure 1 and 2 load into DIR")
+    parser.add_argument("--only", default="", metavar="FIGS",
+                        help="run only these figures, e.g. 1,2 (for working on one figure; "
+                        "a report runs them all)")
     args = parser.parse_args(argv)
+    only = frozenset(f.strip() for f in args.only.split(",") if f.strip())
     params = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]
     keep = args.workdir is not None
     if keep:
@@ -675,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="tally-bench-", dir=args.workdir))
     else:
         work = Path(tempfile.mkdtemp(prefix="tally-bench-"))
-    bench = Bench(params, work, args.out, args.profile)
+    bench = Bench(params, work, args.out, args.profile, only)
     try:
         bench.run()
     finally:

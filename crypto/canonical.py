@@ -18,6 +18,7 @@ exactly what was wrong.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -82,6 +83,14 @@ def canonical_json(value: JSONValue) -> bytes:
         ) from exc
 
 
+def _no_duplicates_ascii(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``_no_duplicates`` for text whose keys are all ASCII (``parse_json`` knows when)."""
+    fast = dict(pairs)
+    if len(fast) == len(pairs):
+        return fast
+    return _no_duplicates(pairs)  # raises
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
@@ -127,6 +136,11 @@ def _check_strings(value: JSONValue) -> None:
             _check_strings(item)
 
 
+# Where a lone surrogate can come from in text decoded from UTF-8 (which has none itself): an
+# escape \uD800–\uDFFF. Text without one needs no walk for lone surrogates.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(data: bytes | str) -> JSONValue:
     """Parse JSON from outside, strictly: no floats, no duplicate keys, safe integers only."""
     if isinstance(data, bytes):
@@ -134,12 +148,18 @@ def parse_json(data: bytes | str) -> JSONValue:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CanonicalError("invalid_json", "body is not valid UTF-8") from exc
+        escapes = "\\u" in text
+        may_hold_surrogates = escapes and _SURROGATE_ESCAPE.search(text) is not None
     else:
         text = data
+        escapes = "\\u" in text
+        may_hold_surrogates = not text.isascii() or _SURROGATE_ESCAPE.search(text) is not None
+    # ASCII text without \u escapes can only hold ASCII keys.
+    ascii = not escapes and text.isascii()
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=_no_duplicates_ascii if ascii else _no_duplicates,
             parse_float=_no_float,
             parse_int=_bounded_int,
             parse_constant=_no_constant,
@@ -148,5 +168,6 @@ def parse_json(data: bytes | str) -> JSONValue:
         raise
     except (json.JSONDecodeError, RecursionError) as exc:
         raise CanonicalError("invalid_json", f"body is not valid JSON: {exc}") from exc
-    _check_strings(value)
+    if may_hold_surrogates:
+        _check_strings(value)
     return value

@@ -266,6 +266,11 @@ def _replay(entries: list[bytes], report: AuditReport, bar: Progress) -> LedgerS
             sums[msg.payee] = sums.get(msg.payee, 0) + msg.amount
         bar.update(index + 1)
     bar.update(len(entries))
+    # Payments across collectives move balances through holds that were posted.
+    for hold in state.holds.values():
+        if hold.state == "posted":
+            sums[hold.debit] = sums.get(hold.debit, 0) - hold.amount
+            sums[hold.credit] = sums.get(hold.credit, 0) + hold.amount
     report.check(not refused, f"all {len(entries) - 1} entries after genesis apply under the "
                  "ledger rules (signatures, limits, unique ids)"
                  + (f"; refused: {', '.join(refused[:5])}" if refused else ""))
@@ -275,7 +280,7 @@ def _replay(entries: list[bytes], report: AuditReport, bar: Progress) -> LedgerS
     total = sum(a.balance for a in state.accounts.values())
     report.check(total == 0, f"balances sum to zero ({total})")
     mismatched = [h for h, a in state.accounts.items() if a.balance != sums.get(h, 0)]
-    report.check(not mismatched, "each balance is the sum of its transfers"
+    report.check(not mismatched, "each balance is the sum of its transfers and posted holds"
                  + (f" (not: {', '.join(mismatched[:5])})" if mismatched else ""))
     limit_problems = [v for v in violations if "limit" in v]
     report.check(not limit_problems, "every balance is within its limits"

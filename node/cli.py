@@ -39,6 +39,9 @@ HINTS = {
     "exceeds_credit_limit": "The payee cannot hold that much more; pay a smaller amount.",
     "unknown_signer": "This key is not admitted here. Show it with `tally key show` and ask a "
     "steward to run `tally member admit HANDLE KEY`.",
+    "exceeds_line_limit": "The credit line between the two collectives is used up for now; "
+    "pay less, or wait until payments the other way free it.",
+    "no_route": "Your collective has no credit line with that one: `tally peer list`.",
     "account_not_found": "Check the handle; `tally balance --all` lists accounts.",
     "not_enough_steward_signatures": "Sign with more steward keys (--steward-key, repeatable), "
     "or save the act with --out and collect signatures with `tally act sign`.",
@@ -449,11 +452,55 @@ def cmd_act_submit(args: argparse.Namespace) -> None:
 # --- members ----------------------------------------------------------------------------------
 
 
+def _find_line(listing: dict[str, Any], where: str) -> dict[str, Any]:
+    """A line by the other collective's node key, key id, or pinned name (a label only: the
+    key it stands for was pinned when the line was signed)."""
+    matches = [
+        line for line in listing["lines"]
+        if where in (line["peer"]["node_key"], line["peer"]["node_key"][:16])
+        or line["peer"]["name"].lower().startswith(where.lower())
+        or PublicKey.parse(line["peer"]["node_key"]).key_id.startswith(where.lower())
+    ]
+    if not matches:
+        names = ", ".join(line["peer"]["name"] for line in listing["lines"]) or "none yet"
+        raise CliError(f"no credit line with {where!r} (lines with: {names}); "
+                       "see `tally peer list`")
+    if len(matches) > 1:
+        raise CliError(f"{where!r} names several collectives; use its node key")
+    return matches[0]
+
+
+async def _pay_across(args: argparse.Namespace, client: TallyClient, info: NodeInfo,
+                      home: Home, payee: str, where: str) -> None:
+    payer = await my_handle(args, client, home)
+    line = _find_line(await client.lines(), where)
+    terms = line["terms"]
+    their_unit = Unit(**line["peer"]["unit"])
+    amount = amount_arg(args.amount, their_unit, "amount")
+    ours_is_a = terms["a"]["node_key"] == info.node_key.text
+    num, den = (terms["rate_num"], terms["rate_den"]) if ours_is_a else (
+        terms["rate_den"], terms["rate_num"])
+    cost = -(-amount * den // num)  # what it costs us, rounded up, as the node computes it
+    max_pay = amount_arg(args.max, info.unit, "--max") if args.max else cost
+    receipt = await client.pay_remote(payer, payee, PublicKey.parse(line["peer"]["node_key"]),
+                                      amount, max_pay)
+    emit(
+        args,
+        f"Paid {format_amount(amount, their_unit)} to {payee}@{line['peer']['name']} "
+        f"(cost {format_amount(receipt['amount_paid'], info.unit)}; order {receipt['order']})",
+        receipt,
+    )
+
+
 def cmd_pay(args: argparse.Namespace) -> None:
     home = home_of(args)
     key = member_key(home)
 
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        if "@" in args.payee:
+            payee, _, where = args.payee.partition("@")
+            await _pay_across(args, client, info, home, payee, where)
+            return
         amount = amount_arg(args.amount, info.unit, "amount")
         payer = await my_handle(args, client, home)
         receipt = await client.pay(payer, args.payee, amount, memo=args.memo)
@@ -606,6 +653,80 @@ def cmd_erase_memos(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run))
 
 
+def _rate(text: str, ours: Unit, theirs: Unit) -> tuple[int, int]:
+    """``--rate R``: R of their units for one of ours, as smallest units of theirs per one of
+    ours, a fraction in lowest terms (1 hour = 10 credits: 1000 cents per 60 minutes)."""
+    from fractions import Fraction
+
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise CliError(f"--rate {text!r} must be a number or a fraction like 3/2") from exc
+    if value <= 0:
+        raise CliError("--rate must be positive")
+    smallest = value * theirs.scale / ours.scale
+    return smallest.numerator, smallest.denominator
+
+
+def cmd_peer_propose(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        async with TallyClient(args.url) as peer:
+            theirs = await peer.info()
+        num, den = _rate(args.rate, info.unit, theirs.unit)
+        ours_limit = amount_arg(args.limit, info.unit, "--limit")
+        their_limit = (amount_arg(args.their_limit, theirs.unit, "--their-limit")
+                       if args.their_limit else ours_limit * num // den)
+        result = await client.propose_line(args.url.rstrip("/"), steward_keys(args), ours_limit,
+                                           their_limit, num, den)
+        emit(args,
+             f"Proposed a credit line to {theirs.name!r} ({theirs.node_key.key_id}): we let "
+             f"them owe us up to {format_amount(ours_limit, info.unit)}, they let us owe up to "
+             f"{format_amount(their_limit, theirs.unit)}; 1 {info.unit.name} = {args.rate} "
+             f"{theirs.unit.name}.\nTheir stewards accept it with `tally peer accept "
+             f"{result['line']}`.", result)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_peer_accept(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        result = await client.accept_line(args.line, steward_keys(args))
+        emit(args, f"Credit line {args.line} is active (log index {result.get('index')}).",
+             result)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_peer_list(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = home.key() if home.has_key() else steward_keys(args)[0]
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        listing = await client.lines()
+        out = []
+        for line in listing["lines"]:
+            acc = line["account"]
+            unit = info.unit
+            out.append(
+                f"{line['peer']['name']:24} {line['status']:9} key {line['peer']['node_key'][:16]}"
+                f"\n    balance {format_amount(acc['balance'], unit)}"
+                f" (they may owe us {format_amount(acc['debit_limit'], unit)},"
+                f" we may owe them {format_amount(acc['credit_limit'], unit)})"
+                f"; in flight -{format_amount(acc['pending_debit'], unit, False)}"
+                f" +{format_amount(acc['pending_credit'], unit, False)}"
+                f"\n    line {line['id']} v{line['version']} at {line['peer_url']}"
+            )
+        for p in listing["proposals"]:
+            terms = p["terms"]
+            other = terms["a"] if terms["b"]["node_key"] == info.node_key.text else terms["b"]
+            out.append(f"proposal {p['id']} from {other['name']!r}: accept with "
+                       f"`tally peer accept {p['id']}`")
+        emit(args, "\n".join(out) or "No credit lines yet: `tally peer propose URL --limit X`.",
+             listing)
+
+    asyncio.run(with_client(args, run, key))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from node.demo import run_demo
 
@@ -727,9 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_act_submit)
 
     # members
-    p = sub.add_parser("pay", parents=[client_opts], help="pay another member")
-    p.add_argument("payee", help="the payee's handle")
-    p.add_argument("amount", help="in the collective's unit, e.g. 1.5 (hours)")
+    p = sub.add_parser("pay", parents=[client_opts], help="pay another member, here or in a "
+                       "collective yours has a credit line with")
+    p.add_argument("payee", help="the payee's handle, or HANDLE@COLLECTIVE (its name as shown "
+                   "by `tally peer list`, or its node key)")
+    p.add_argument("amount", help="in the payee's collective's unit, e.g. 1.5 (hours)")
+    p.add_argument("--max", metavar="X", help="across collectives: the most it may cost you, "
+                   "in your unit (default: the amount at the line's rate)")
     p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash)")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help="your handle, if not known")
     p.set_defaults(func=cmd_pay)
@@ -746,6 +871,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="at most N postings")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_history)
+
+    peer = sub.add_parser("peer", help="credit lines with other collectives (stewards)")
+    psub = peer.add_subparsers(dest="peer_command", metavar="ACTION", required=True)
+    p = psub.add_parser("propose", parents=[client_opts, steward_opts],
+                        help="propose a credit line to the collective at URL")
+    p.add_argument("url", help="the other collective's node URL")
+    p.add_argument("--limit", required=True, metavar="X",
+                   help="how far we let them owe us, in our unit")
+    p.add_argument("--their-limit", metavar="Y",
+                   help="how far they let us owe them, in their unit (default: --limit at "
+                   "the rate)")
+    p.add_argument("--rate", default="1", metavar="R",
+                   help="how many of their units one of ours is worth, e.g. 10 or 3/2 "
+                   "(default 1)")
+    p.set_defaults(func=cmd_peer_propose)
+    p = psub.add_parser("accept", parents=[client_opts, steward_opts],
+                        help="accept a proposed credit line")
+    p.add_argument("line", help="the line id `tally peer list` shows")
+    p.set_defaults(func=cmd_peer_accept)
+    p = psub.add_parser("list", parents=[client_opts, steward_opts],
+                        help="credit lines, their balances and proposals")
+    p.set_defaults(func=cmd_peer_list)
 
     p = sub.add_parser("verify", parents=[client_opts],
                        help="check that your transfers are in the node's log and it was "

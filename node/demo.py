@@ -80,7 +80,8 @@ async def run_demo(
                                        debit_limit=20 * unit.scale, credit_limit=40 * unit.scale)
             _say(json_out, f"  {name}: {served.url}, {len(members)} members admitted")
 
-        _say(json_out, f"Running {transfers} signed transfers...")
+        across = await _across(nodes, root, json_out)
+        _say(json_out, f"\nRunning {transfers} signed transfers within the collectives...")
         per_node = [transfers // len(nodes) + (1 if i < transfers % len(nodes) else 0)
                     for i in range(len(nodes))]
         for demo, count, (_, unit, members) in zip(nodes, per_node, COLLECTIVES):
@@ -105,6 +106,7 @@ async def run_demo(
                             demo.refused[r["result"]] = demo.refused.get(r["result"], 0) + 1
 
         summary = await _summary(nodes)
+        summary["across"] = across
         if json_out:
             print(json.dumps(summary, indent=2), flush=True)
         else:
@@ -114,7 +116,8 @@ async def run_demo(
                 print(f"  transfers accepted {demo.accepted}, refused {refused}; "
                       f"log size {s['log_size']}; balances sum to {s['sum']}")
                 for a in s["accounts"]:
-                    print(f"    {a['handle']:8} {format_amount(a['balance'], demo.unit):>20}")
+                    label = a["handle"] if a["kind"] == "member" else "(credit line)"
+                    print(f"    {label:14} {format_amount(a['balance'], demo.unit):>20}")
         if serve_forever:
             first = nodes[0]
             handle = next(iter(first.homes))
@@ -135,6 +138,45 @@ async def run_demo(
             await demo.served.close()
 
 
+async def _across(nodes: list[DemoNode], root: Path, json_out: bool) -> dict[str, Any]:
+    """A credit line between the time bank and the food co-op (1 hour = 10 credits), and
+    members of each paying members of the other, one payment far beyond the line."""
+    river, green = nodes[0], nodes[1]
+    stewards = [read_key_file(root / f"node{i}" / STEWARD_KEY)[1] for i in (1, 2)]
+    async with TallyClient(river.served.url) as a, TallyClient(green.served.url) as b:
+        # We let them owe us 15 hours; they let us owe them 150 credits.
+        proposed = await a.propose_line(green.served.url, [stewards[0]], 15 * 60, 150 * 100,
+                                        1000, 60)
+        await b.accept_line(proposed["line"], [stewards[1]])
+        green_info, river_info = await b.info(), await a.info()
+    _say(json_out, f"\nCredit line agreed: {river.name} <-> {green.name}, 1 hour = 10 credits")
+    payments: list[tuple[DemoNode, str, DemoNode, str, int]] = [
+        (river, "ana", green, "fay", 150),  # 1.5 credits
+        (river, "ben", green, "gus", 500),
+        (green, "hana", river, "chloe", 30),  # 30 minutes
+        (river, "dev", green, "ivo", 200),
+        (river, "eli", green, "jun", 18_000),  # 180 credits: within eli's limit, beyond the line
+    ]
+    done, refused = 0, []
+    for src, payer, dst, payee, amount in payments:
+        dst_info = green_info if dst is green else river_info
+        async with TallyClient(src.served.url, Home(src.homes[payer]).key()) as client:
+            try:
+                receipt = await client.pay_remote(payer, payee, dst_info.node_key, amount,
+                                                  10**9)
+            except TallyError as exc:
+                refused.append(exc.code)
+                _say(json_out, f"  {payer}@{src.name} -> {payee}@{dst.name}: "
+                               f"{format_amount(amount, dst.unit)} refused ({exc.code}): "
+                               f"{exc.detail}")
+                continue
+        done += 1
+        _say(json_out, f"  {payer}@{src.name} -> {payee}@{dst.name}: "
+                       f"{format_amount(amount, dst.unit)}, cost "
+                       f"{format_amount(receipt['amount_paid'], src.unit)}")
+    return {"paid": done, "refused": refused}
+
+
 async def _summary(nodes: list[DemoNode]) -> dict[str, Any]:
     out = []
     for demo in nodes:
@@ -149,7 +191,8 @@ async def _summary(nodes: list[DemoNode]) -> dict[str, Any]:
             "refused": demo.refused,
             "log_size": info.raw["log_size"],
             "sum": sum(a["balance"] for a in accounts),
-            "accounts": [{"handle": a["handle"], "balance": a["balance"]} for a in accounts],
+            "accounts": [{"handle": a["handle"], "balance": a["balance"], "kind": a["kind"]}
+                         for a in accounts],
             "homes": {h: str(p) for h, p in demo.homes.items()},
         })
     return {"nodes": out}

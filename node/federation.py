@@ -23,10 +23,12 @@ A payment, as the source sees it::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
@@ -45,7 +47,8 @@ from protocol.federation import (
     condition_of,
 )
 from protocol.ledger import Outcome
-from protocol.messages import Signed, parse_signed, sign_message
+from protocol.messages import Signed, parse_log_entry, parse_signed, sign_message
+from node import storage
 from node.client import TallyClient, TallyError
 
 if TYPE_CHECKING:
@@ -73,6 +76,8 @@ class PaymentRecord:
     answer: Signed | None = None  # destination: the FULFIL or REJECT we gave
     result: dict[str, Any] | None = None  # source: what the payer was told
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # One event at a time: the ticker and the task sending PREPARE may both want to decide.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def to_json(self) -> dict[str, Any]:
         p = self.payment
@@ -119,6 +124,12 @@ def _merge(signed: Signed, *others: Signed) -> Signed:
     return Signed(signed.msg, tuple(sigs))
 
 
+def _order_id(record: PaymentRecord) -> str:
+    order = record.prepare.msg.order.msg  # type: ignore[union-attr]
+    assert isinstance(order, PaymentOrder)
+    return order.id
+
+
 class Federation:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -127,6 +138,9 @@ class Federation:
         self.clients: dict[str, TallyClient] = {}
         self.proposals: dict[str, tuple[Signed, str]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Destination: PREPAREs of one order are handled one at a time, so that at most one
+        # attempt per order is ever fulfilled (order id -> [lock, users]).
+        self._order_locks: dict[str, list[Any]] = {}
 
     @property
     def public_url(self) -> str:
@@ -422,21 +436,28 @@ class Federation:
             await asyncio.wait_for(record.done.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-        result = record.result or {"result": "pending", "detail": "still in flight"}
-        if result["result"] != "ok":
+        result = record.result or {
+            "result": "pending",
+            "detail": "still in flight: ask GET /v1/payments/{order} later; do not pay again",
+        }
+        if result["result"] not in ("ok", "pending"):
             code = result["result"]
             raise FederationError(
                 ResultCode(code) if code in ResultCode.__members__ else ResultCode.rejected,
                 result.get("detail", ""),
             )
         return {**result, "order": order.id, "attempt": attempt_id, "amount_paid": amount_from,
-                "amount_received": quote.amount, "quote": quote_signed.to_json()}
+                # What the payee is credited: the PREPARE's amount, at least the quote's.
+                "amount_received": line.convert(amount_from, side),
+                "quote": quote_signed.to_json()}
 
     async def _drive_source(self, record: PaymentRecord) -> None:
         """Send the PREPARE (again, after a restart or a network failure) until answered or
         expired; then apply the answer."""
         p = record.prepare.msg
         assert isinstance(p, Prepare)
+        async with record.lock:
+            await self._follow_ledger(record)  # after a restart, the log may be ahead
         delay = 0.2
         while record.payment.outbound == sm.Out.held:
             if self.now() >= p.expires_at:
@@ -475,6 +496,70 @@ class Federation:
 
     async def _source_event(self, record: PaymentRecord, event: sm.Event,
                             signed: Signed | None = None) -> None:
+        # The ticker (expiry) and the task sending PREPARE (an answer) may both get here for
+        # one payment: one at a time, each deciding from the state the other left.
+        async with record.lock:
+            await self._source_event_locked(record, event, signed)
+        await self._send_decision(record)
+
+    async def _follow_ledger(self, record: PaymentRecord) -> None:
+        """Make a source record that says "held" agree with our ledger's hold.
+
+        The record and the ledger are written one after the other: a node killed in between
+        restarts with a record behind its log. The log is the truth. With no hold, the
+        PREPARE never left: hold now (or give up if the time is past). With the hold already
+        posted (our FULFIL entry is logged) or voided, the record follows; deciding again by
+        the clock would contradict the books and tell the peer the opposite.
+        """
+        payment = record.payment
+        p = record.prepare.msg
+        assert isinstance(p, Prepare)
+        if payment.role != sm.Role.source or payment.outbound != sm.Out.held:
+            return
+        hold = self.node.ledger.holds.get(f"{p.id}/out")
+        if hold is not None and hold.state == "held":
+            return
+        if hold is None:
+            if self.now() < p.expires_at:
+                outcome = await self._log(record.prepare)
+                if outcome.code in (ResultCode.ok, ResultCode.exists):
+                    return
+                code, detail = outcome.code.value, outcome.detail
+            else:
+                code, detail = "expired", "the node stopped before the payment was held"
+            record.payment = replace(payment, outbound=sm.Out.voided, hold="voided",
+                                     decision_acked=True)  # no PREPARE left: nothing to tell
+            record.result = {"result": code, "detail": detail}
+        elif hold.state == "posted":
+            fulfil = await self._logged(f"fulfil/{p.id}/{p.to_node.key_id}")
+            assert fulfil is not None and isinstance(fulfil.msg, Fulfil)
+            fulfilment = bytes.fromhex(fulfil.msg.fulfilment)
+            record.payment = replace(payment, outbound=sm.Out.posted, hold="posted",
+                                     fulfilment=fulfilment)
+            record.result = {"result": "ok", "fulfilment": fulfilment.hex()}
+        else:
+            reject = await self._logged(f"reject/{p.id}/{p.to_node.key_id}")
+            record.payment = replace(payment, outbound=sm.Out.voided, hold="voided")
+            if isinstance(reject.msg if reject else None, Reject):
+                code = reject.msg.code  # type: ignore[union-attr]
+                record.result = {"result": code if code in ResultCode.__members__ else
+                                 "rejected", "detail": "refused by the payee's collective"}
+            else:
+                record.result = {"result": "expired", "detail": "no answer before the expiry"}
+        await self._store(record)
+        record.done.set()
+
+    async def _logged(self, key: str) -> Signed | None:
+        """The signed message of the log entry ``seen`` knows by ``key``, if any."""
+        db = self.node.reader
+        assert db is not None
+        idx = await storage.event_index(db, key)
+        raw = await storage.read_entry(db, idx) if idx is not None else None
+        return parse_log_entry(json.loads(raw)).payload if raw is not None else None
+
+    async def _source_event_locked(self, record: PaymentRecord, event: sm.Event,
+                                   signed: Signed | None) -> None:
+        await self._follow_ledger(record)
         try:
             new, actions = sm.step(record.payment, event, self.now())
         except sm.SettlementError as exc:
@@ -487,25 +572,39 @@ class Federation:
                 outcome = await self._log(signed)
                 if outcome.code == ResultCode.too_late:  # our clock moved on meanwhile
                     new, _ = sm.step(record.payment, sm.Tick(), p.expires_at)
-                    await self._log(sign_message(Decision(p.id, "void"), self.node.node_key))
+                    outcome = await self._log(sign_message(Decision(p.id, "void"),
+                                                           self.node.node_key))
+                    self._check_logged(outcome, p.id)
                     break
+                self._check_logged(outcome, p.id)
             elif isinstance(action, sm.ApplyVoid):
                 entry = signed if isinstance(event, sm.RejectReceived) else sign_message(
                     Decision(p.id, "void"), self.node.node_key)
                 assert entry is not None
-                await self._log(entry)
+                self._check_logged(await self._log(entry), p.id)
         record.payment = new
         if new.outbound == sm.Out.posted:
             record.result = {"result": "ok", "fulfilment": new.fulfilment.hex()
                              if new.fulfilment else None}
         elif new.outbound == sm.Out.voided and record.result is None:
-            code = event.code if isinstance(event, sm.RejectReceived) else "expired"
-            record.result = {"result": code if code in ResultCode.__members__ else "rejected",
-                             "detail": "refused by the payee's collective" if isinstance(
-                                 event, sm.RejectReceived) else "no answer before the expiry"}
+            if isinstance(event, sm.RejectReceived):
+                reason = signed.msg.message if signed is not None and isinstance(
+                    signed.msg, Reject) else ""
+                code = event.code if event.code in ResultCode.__members__ else "rejected"
+                detail = f"refused by the payee's collective: {reason}"
+            else:
+                code, detail = "expired", "no answer from the payee's collective before the expiry"
+            record.result = {"result": code, "detail": detail}
         await self._store(record)  # the outcome is durable before anyone hears of it
         record.done.set()
-        await self._send_decision(record)
+
+    @staticmethod
+    def _check_logged(outcome: Outcome, attempt_id: str) -> None:
+        """The ledger must agree with the state machine: never tell the payer (or the peer)
+        an outcome our own books did not record."""
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            raise FederationError(outcome.code,
+                                  f"payment {attempt_id}: the ledger refused: {outcome.detail}")
 
     async def _send_decision(self, record: PaymentRecord) -> None:
         if record.payment.outbound not in (sm.Out.posted, sm.Out.voided):
@@ -548,7 +647,11 @@ class Federation:
         # Destination: a prepared payment that expired before we fulfilled is rejected.
         if p.inbound == sm.In.prepared and p.inbound_expiry is not None \
                 and self.now() >= p.inbound_expiry:
-            await self._destination_reject(record, "expired", "expired before it was fulfilled")
+            async with self._order_lock(_order_id(record)):  # not while a PREPARE fulfils it
+                current = self.payments.get(p.id)
+                if current is not None and current.payment.inbound == sm.In.prepared:
+                    await self._destination_reject(current, "expired",
+                                                   "expired before it was fulfilled")
 
     # --- the destination ------------------------------------------------------------------
 
@@ -592,6 +695,30 @@ class Federation:
         assert isinstance(p, Prepare)
         if p.from_node != sender or p.to_node != self.key:
             raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
+        order = p.order.msg
+        assert isinstance(order, PaymentOrder)
+        # From the check that no other attempt of the order was fulfilled to marking this one
+        # fulfilled, no other PREPARE of the order may run: else two could both pass the check.
+        async with self._order_lock(order.id):
+            return await self._receive_prepare(signed, sender)
+
+    @contextlib.asynccontextmanager
+    async def _order_lock(self, order_id: str) -> AsyncIterator[None]:
+        entry = self._order_locks.get(order_id)
+        if entry is None:
+            entry = self._order_locks[order_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._order_locks[order_id]
+
+    async def _receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed:
+        p = signed.msg
+        assert isinstance(p, Prepare)
         record = self.payments.get(p.id) or await self._load_record(p.id)
         if record is not None:
             if record.prepare.msg != p:
@@ -607,6 +734,9 @@ class Federation:
         if row is None:
             return await self._refuse_prepare(signed, "quote_mismatch", "no quote for this attempt")
         fulfilment, order_id = bytes(row[0]), row[1]
+        if order_id != p.order.msg.id:  # type: ignore[union-attr]
+            return await self._refuse_prepare(signed, "quote_mismatch",
+                                              "that quote was made for another order")
         async with db.execute(
             "SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1 AND id != ?",
             (order_id, p.id),
@@ -676,8 +806,19 @@ class Federation:
         d = signed.msg
         assert isinstance(d, Decision)
         record = self.payments.get(d.id) or await self._load_record(d.id)
+        if record is None and d.outcome == "void" and f"{d.id}/in" not in \
+                self.node.ledger.holds:
+            # Its PREPARE never reached us (or we stopped before storing anything): nothing
+            # is held, so a void is already followed. Else the upstream would resend forever.
+            return {"id": d.id, "ack": d.outcome}
         if record is None or record.peer != sender.key_id:
             raise FederationError(ResultCode.hold_not_found, "no payment with you by that id")
+        async with self._order_lock(_order_id(record)):
+            return await self._receive_decision(signed, d)
+
+    async def _receive_decision(self, signed: Signed, d: Decision) -> dict[str, Any]:
+        record = self.payments.get(d.id) or await self._load_record(d.id)
+        assert record is not None
         try:
             new, actions = sm.step(record.payment, sm.DecisionReceived(d.outcome), self.now())
         except sm.SettlementError as exc:

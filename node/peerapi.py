@@ -120,7 +120,8 @@ async def post_payment(request: web.Request) -> web.Response:
         result = await _fed(request).pay(order)
     except FederationError as exc:
         raise _problem(exc) from exc
-    return web.json_response(result, status=201)
+    # 202: neither done nor refused yet (the node could not finish in time); not final.
+    return web.json_response(result, status=202 if result["result"] == "pending" else 201)
 
 
 async def get_payment(request: web.Request) -> web.Response:

@@ -31,6 +31,7 @@ from crypto.canonical import parse_json
 from crypto.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from crypto.note import NoteError, Verifier, open_note, parse_verifier_key
 from node.client import TallyClient
+from protocol.federation import Decision, Fulfil
 from protocol.messages import MessageError, Transfer, parse_log_entry
 
 
@@ -198,14 +199,18 @@ async def _check_posting(
     except (MessageError, ValueError) as exc:
         raise VerificationFailed(f"log entry {index} is malformed: {exc}") from exc
     expected_other = posting["counterparty"]
-    matches = (
-        isinstance(msg, Transfer)
-        and msg.id == posting["id"]
-        and (
-            (msg.payer == handle and msg.payee == expected_other and -msg.amount == posting["amount"])
-            or (msg.payee == handle and msg.payer == expected_other and msg.amount == posting["amount"])
+    if isinstance(msg, Transfer):
+        matches = msg.id == posting["id"] and (
+            (msg.payer == handle and msg.payee == expected_other
+             and -msg.amount == posting["amount"])
+            or (msg.payee == handle and msg.payer == expected_other
+                and msg.amount == posting["amount"])
         )
-    )
+    else:
+        # A payment across collectives is posted by the FULFIL (on the payer's side) or the
+        # DECISION (on the payee's) of its attempt; its amount is the hold's, which the
+        # inclusion proof below covers only through `tally audit`'s replay.
+        matches = isinstance(msg, (Fulfil, Decision)) and msg.id == posting["id"]
     if not matches:
         raise VerificationFailed(
             f"your history says entry {index} is transfer {posting['id']} of "

@@ -59,6 +59,7 @@ class ResultCode(str, Enum):
     line_exists = "line_exists"  # there is already a line with that collective
     line_not_found = "line_not_found"  # no credit line with that id or collective
     line_suspended = "line_suspended"  # the line is suspended: no new payments across it
+    exceeds_line_limit = "exceeds_line_limit"  # the credit line between the collectives is full
     not_a_party = "not_a_party"  # the line or message does not name this collective
     stale_version = "stale_version"  # a line version not newer than the one in force
     quote_mismatch = "quote_mismatch"  # the PREPARE does not match the quote it carries

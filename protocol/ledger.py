@@ -439,4 +439,15 @@ def invariant_violations(state: LedgerState) -> list[str]:
             )
         if a.pending_debit < 0 or a.pending_credit < 0:
             problems.append(f"{a.handle}: negative pending amount")
+    # Pending amounts are exactly the open holds.
+    held_debit: dict[str, int] = {}
+    held_credit: dict[str, int] = {}
+    for h in state.holds.values():
+        if h.state == "held":
+            held_debit[h.debit] = held_debit.get(h.debit, 0) + h.amount
+            held_credit[h.credit] = held_credit.get(h.credit, 0) + h.amount
+    for a in state.accounts.values():
+        if (a.pending_debit, a.pending_credit) != (held_debit.get(a.handle, 0),
+                                                   held_credit.get(a.handle, 0)):
+            problems.append(f"{a.handle}: pending amounts differ from its open holds")
     return problems

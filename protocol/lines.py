@@ -37,6 +37,7 @@ from protocol.ledger import (
     digest,
 )
 from protocol.messages import Signed
+from protocol.units import format_amount
 
 
 def _refuse(code: ResultCode, detail: str) -> Outcome:
@@ -72,13 +73,29 @@ def _line_for_peer(state: LedgerState, peer: PublicKey) -> Line | None:
     return None
 
 
-def _check_limits(account: Account, debit: int = 0, credit: int = 0) -> Outcome | None:
-    if debit and account.balance - account.pending_debit - debit < -account.debit_limit:
+def _check_limits(
+    state: LedgerState, account: Account, debit: int = 0, credit: int = 0
+) -> Outcome | None:
+    unit = state.genesis.unit
+    over_debit = debit and account.balance - account.pending_debit - debit < -account.debit_limit
+    over_credit = credit and account.balance + account.pending_credit + credit > (
+        account.credit_limit)
+    if account.kind == "peer" and (over_debit or over_credit):
+        line = _line_for_peer(state, account.key) if account.key else None
+        name = line.other(state.genesis.node_key).name if line else account.handle
+        room = (account.debit_limit + account.balance - account.pending_debit if over_debit
+                else account.credit_limit - account.balance - account.pending_credit)
+        return _refuse(ResultCode.exceeds_line_limit,
+                       f"the credit line with {name} has room for "
+                       f"{format_amount(max(room, 0), unit)} more now")
+    if over_debit:
         return _refuse(ResultCode.exceeds_debit_limit,
-                       f"{account.handle!r} may go at most {account.debit_limit} below zero")
-    if credit and account.balance + account.pending_credit + credit > account.credit_limit:
+                       f"{account.handle!r} may go at most "
+                       f"{format_amount(account.debit_limit, unit)} below zero")
+    if over_credit:
         return _refuse(ResultCode.exceeds_credit_limit,
-                       f"{account.handle!r} may hold at most {account.credit_limit}")
+                       f"{account.handle!r} may hold at most "
+                       f"{format_amount(account.credit_limit, unit)}")
     return None
 
 
@@ -220,8 +237,8 @@ def _hold_out(
     if payer.status != "open":
         return _refuse(ResultCode.account_closed, f"{payer.handle!r} is closed")
     peer = state.accounts[peer_handle(p.to_node)]
-    refusal = _check_limits(payer, debit=p.amount_from) or _check_limits(
-        peer, credit=p.amount_from)
+    refusal = _check_limits(state, payer, debit=p.amount_from) or _check_limits(
+        state, peer, credit=p.amount_from)
     if refusal:
         return refusal
     payer.pending_debit += p.amount_from
@@ -248,7 +265,8 @@ def _hold_in(
     if payee.status != "open":
         return _refuse(ResultCode.account_closed, f"{payee.handle!r} is closed")
     peer = state.accounts[peer_handle(p.from_node)]
-    refusal = _check_limits(peer, debit=p.amount_to) or _check_limits(payee, credit=p.amount_to)
+    refusal = _check_limits(state, peer, debit=p.amount_to) or _check_limits(
+        state, payee, credit=p.amount_to)
     if refusal:
         return refusal
     peer.pending_debit += p.amount_to

@@ -22,6 +22,7 @@ collective's smallest unit.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from functools import cached_property
 from typing import Any, TypeVar, cast
 
 from crypto.canonical import MAX_SAFE_INTEGER, JSONValue, canonical_json
-from crypto.keys import KeyFormatError, PublicKey, SecretKey, sign_object
+from crypto.keys import KeyFormatError, PublicKey, SecretKey
 from protocol.codes import ResultCode
 
 # \Z, not $: $ also matches before a trailing newline, which would admit "alice\n" as a
@@ -126,6 +127,8 @@ def check_fields(
     """Check a JSON object against a field spec: all known, all present (unless optional)."""
     if not isinstance(obj, dict):
         raise MessageError(ResultCode.invalid_field, f"{where} must be a JSON object", where)
+    if obj.keys() == spec.keys():  # the usual case: every field known and present
+        return {key: checker(f"{where}.{key}", obj[key]) for key, checker in spec.items()}
     for key in obj:
         if key not in spec:
             raise MessageError(
@@ -401,10 +404,85 @@ def parse_message(obj: Any, allowed: frozenset[str] | None = None) -> Message:
     if not isinstance(kind, str) or kind not in _SPECS or (allowed and kind not in allowed):
         kinds = ", ".join(sorted(allowed or _SPECS))
         raise MessageError(ResultCode.invalid_field, f"msg.type must be one of: {kinds}", "msg.type")
+    if kind == "transfer":
+        fast = _fast_transfer(obj)
+        if fast is not None:
+            return fast[0]
     fields = check_fields(obj, _SPECS[kind], "msg")
     if kind == "genesis":
         fields.pop("version")  # fixed at 1: written by Genesis.to_json, not a field
     return cast(Message, _CLASSES[kind](**fields))
+
+
+_TRANSFER_KEYS = frozenset(
+    {"type", "ledger", "id", "payer", "payee", "amount", "memo_hash", "valid_until"}
+)
+
+
+def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
+    """A transfer that passes every check of ``_SPECS["transfer"]``, with its RFC 8785 bytes;
+    None whenever anything is unusual, and ``check_fields`` then finds and names it.
+
+    Every value is checked as the spec checks it (exact ``str``/``int`` only, which is all
+    ``parse_json`` makes), and the strings accepted (hex, handles) need no JSON escaping, so
+    the bytes are written directly: keys in RFC 8785 order."""
+    if obj.keys() != _TRANSFER_KEYS:
+        return None
+    ledger = obj["ledger"]
+    id_ = obj["id"]
+    payer = obj["payer"]
+    payee = obj["payee"]
+    amount = obj["amount"]
+    memo = obj["memo_hash"]
+    valid_until = obj["valid_until"]
+    if not (
+        obj["type"] == "transfer"
+        and type(ledger) is str and HEX64_RE.match(ledger)
+        and type(id_) is str and HEX32_RE.match(id_)
+        and type(payer) is str and HANDLE_RE.match(payer)
+        and type(payee) is str and HANDLE_RE.match(payee)
+        and type(amount) is int and -MAX_SAFE_INTEGER <= amount <= MAX_SAFE_INTEGER
+        and type(valid_until) is int and 0 <= valid_until <= MAX_SAFE_INTEGER
+        and (memo is None or (type(memo) is str and HEX64_RE.match(memo)))
+    ):
+        return None
+    memo_json = "null" if memo is None else f'"{memo}"'
+    data = (
+        f'{{"amount":{amount},"id":"{id_}","ledger":"{ledger}","memo_hash":{memo_json},'
+        f'"payee":"{payee}","payer":"{payer}","type":"transfer","valid_until":{valid_until}}}'
+    ).encode("ascii")
+    t = Transfer(ledger, id_, payer, payee, amount, memo, valid_until)
+    # Cached on the message: parse_signed hands it to Signed.signed_bytes.
+    return t, data
+
+
+def signature_bytes(sig: Any) -> bytes | None:
+    """The 64 bytes of a signature written in its one canonical spelling (86 characters of
+    unpadded base64url, the 4 unused bits zero); None for anything else (then it does not
+    verify, as ``crypto.keys.verify_object`` says)."""
+    if type(sig) is str and len(sig) == 86 and sig[-1] in "AQgw" and SIG_RE.match(sig):
+        return base64.urlsafe_b64decode(sig + "==")
+    return None
+
+
+# Parsed public keys by their text: members sign again and again with the same few keys.
+# PublicKey is immutable, so sharing one is safe. Bounded: cleared when full.
+_KEYS: dict[str, PublicKey] = {}
+_KEYS_MAX = 65536
+
+
+def _key(text: Any) -> PublicKey | None:
+    """The public key written as ``text`` if it is one (as ``public_key`` accepts), else None."""
+    key = _KEYS.get(text) if type(text) is str else None
+    if key is None:
+        try:
+            key = PublicKey.parse(text)
+        except (KeyFormatError, TypeError):
+            return None
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[text] = key
+    return key
 
 
 @dataclass(frozen=True)
@@ -430,19 +508,71 @@ class Signed:
         return {"msg": self.msg.to_json(), "sigs": [s.to_json() for s in self.sigs]}
 
     @cached_property
+    def signed_bytes(self) -> bytes:
+        """The RFC 8785 form of ``msg``: what every signature is over. Computed once (parsing
+        fills it in for the messages it knows how to write directly)."""
+        return canonical_json(self.msg.to_json())
+
+    @cached_property
     def canonical(self) -> bytes:
+        """``canonical_json(self.to_json())``, spliced from ``signed_bytes``: keys sort as
+        "msg" < "sigs" and "key" < "sig", and base64url needs no escaping."""
+        if all(type(s.sig) is str and SIG_RE.match(s.sig) for s in self.sigs):
+            sigs = ",".join(f'{{"key":"{s.key.text}","sig":"{s.sig}"}}' for s in self.sigs)
+            return b'{"msg":' + self.signed_bytes + b',"sigs":[' + sigs.encode("ascii") + b"]}"
         return canonical_json(self.to_json())
 
     def verified_signers(self) -> tuple[frozenset[PublicKey], bool]:
         """(keys whose signature verifies, whether every signature verified)."""
-        from crypto.keys import verify_object
-
-        body = self.msg.to_json()
-        good = {s.key for s in self.sigs if verify_object(s.key, body, s.sig)}
+        body = self.signed_bytes
+        good = set()
+        for s in self.sigs:
+            raw = signature_bytes(s.sig)
+            if raw is not None and s.key.verify(body, raw):
+                good.add(s.key)
         return frozenset(good), len(good) == len({s.key for s in self.sigs})
 
 
+def _fast_signed(obj: Any, allowed: frozenset[str] | None) -> Signed | None:
+    """``parse_signed`` of a well-formed transfer with one signature, the hot path of the
+    API; None whenever anything is unusual (``parse_signed`` then checks it field by field).
+    Accepts exactly what the general path accepts, and builds the same value."""
+    if type(obj) is not dict or len(obj) != 2:
+        return None
+    msg_obj = obj.get("msg")
+    sigs_raw = obj.get("sigs")
+    if (
+        type(msg_obj) is not dict
+        or msg_obj.get("type") != "transfer"
+        or (allowed and "transfer" not in allowed)
+        or type(sigs_raw) is not list
+        or len(sigs_raw) != 1
+    ):
+        return None
+    sig_obj = sigs_raw[0]
+    if type(sig_obj) is not dict or len(sig_obj) != 2:
+        return None
+    key_text = sig_obj.get("key")
+    sig = sig_obj.get("sig")
+    key = _key(key_text)
+    if key is None or type(sig) is not str or len(sig) != 86 or not SIG_RE.match(sig):
+        return None
+    fast = _fast_transfer(msg_obj)
+    if fast is None:
+        return None
+    msg, data = fast
+    signed = Signed(msg=msg, sigs=(Signature(key, sig),))
+    signed.__dict__["signed_bytes"] = data
+    signed.__dict__["canonical"] = (
+        b'{"msg":' + data + f',"sigs":[{{"key":"{key_text}","sig":"{sig}"}}]}}'.encode("ascii")
+    )
+    return signed
+
+
 def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "body") -> Signed:
+    fast = _fast_signed(obj, allowed)
+    if fast is not None:
+        return fast
     fields = check_fields(obj, {"msg": lambda f, v: v, "sigs": lambda f, v: v}, where)
     sigs_raw = fields["sigs"]
     if not isinstance(sigs_raw, list) or not 1 <= len(sigs_raw) <= MAX_STEWARDS:
@@ -454,13 +584,23 @@ def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "
     )
     if len({s.key for s in sigs}) != len(sigs):
         raise MessageError(ResultCode.invalid_field, f"{where}.sigs names a key twice")
-    msg = parse_message(fields["msg"], allowed)
-    return Signed(msg=msg, sigs=sigs)
+    msg_obj = fields["msg"]
+    fast = _fast_transfer(msg_obj) if isinstance(msg_obj, dict) and (
+        msg_obj.get("type") == "transfer" and (not allowed or "transfer" in allowed)) else None
+    if fast is not None:
+        signed = Signed(msg=fast[0], sigs=sigs)
+        signed.__dict__["signed_bytes"] = fast[1]
+        return signed
+    return Signed(msg=parse_message(msg_obj, allowed), sigs=sigs)
 
 
 def sign_message(msg: Message, *keys: SecretKey) -> Signed:
-    body = msg.to_json()
-    return Signed(msg=msg, sigs=tuple(Signature(k.public, sign_object(k, body)) for k in keys))
+    from crypto.keys import b64url
+
+    data = canonical_json(msg.to_json())
+    signed = Signed(msg=msg, sigs=tuple(Signature(k.public, b64url(k.sign(data))) for k in keys))
+    signed.__dict__["signed_bytes"] = data
+    return signed
 
 
 # --- log entries ---------------------------------------------------------------------------
@@ -483,10 +623,17 @@ class LogEntry:
     def encode(self) -> bytes:
         # The payload's canonical bytes are computed once (the digest needs them too) and
         # spliced in: keys sort as "node_time" < "payload" < "type".
+        kind = self.type
+        kind_json = _TYPE_JSON.get(kind)
+        if kind_json is None:
+            kind_json = _TYPE_JSON[kind] = canonical_json(kind)
         return (
             b'{"node_time":' + str(self.node_time).encode() + b',"payload":'
-            + self.payload.canonical + b',"type":' + canonical_json(self.type) + b"}"
+            + self.payload.canonical + b',"type":' + kind_json + b"}"
         )
+
+
+_TYPE_JSON: dict[str, bytes] = {}  # the JSON string of each message type, written once
 
 
 def parse_log_entry(obj: Any) -> LogEntry:

@@ -178,8 +178,8 @@ def test_prepare_beyond_the_line_is_refused_on_both_sides() -> None:
     a, b, line = two()  # B lets A owe 5000 cents; A may owe B 5000 * 1/2 = 2500 minutes
     t = attempt(a, b, line, 6000)
     before_a, before_b = copy.deepcopy(a.state.accounts), copy.deepcopy(b.state.accounts)
-    assert a.apply(t.prepare).code == ResultCode.exceeds_credit_limit
-    assert b.apply(t.prepare).code == ResultCode.exceeds_debit_limit
+    assert a.apply(t.prepare).code == ResultCode.exceeds_line_limit
+    assert b.apply(t.prepare).code == ResultCode.exceeds_line_limit
     assert (a.state.accounts, b.state.accounts) == (before_a, before_b)
 
 

@@ -1,0 +1,117 @@
+"""CPU per transfer of each stage of the node, in one process, without HTTP: for working on
+the node's hot path (steadier than the end-to-end figures on a busy machine).
+
+    python -m bench.stages [--transfers 20000] [--batch 1000]
+
+Starts a node on a temporary data directory, admits members, signs transfers (in worker
+processes), then times, per transfer: strict parsing of batch bodies (``parse_json`` and
+``parse_transfer_item``), ``Node.verify`` over a batch (wall time and process CPU), the
+writer's commit (submit a batch, await every outcome), and the single-transfer path as the
+handler runs it (``_apply_one``) from 64 concurrent tasks. Prints one line per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from bench.sign import Signer, member_key
+from crypto.canonical import parse_json
+from crypto.keys import read_key_file
+from node.api import _apply_one, parse_transfer_item
+from node.config import Config
+from node.service import STEWARD_KEY, Node, init_data_dir
+from node.writer import EventRequest
+from protocol.messages import Admit, sign_message
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+async def main_async(transfers: int, batch: int, members: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="tally-stages-"))
+    data = work / "node"
+    await init_data_dir(data, name="Stages")
+    node = Node(data, Config())
+    await node.start()
+    try:
+        assert node.writer is not None
+        steward = read_key_file(data / STEWARD_KEY)[1]
+        ledger = node.ledger.ledger_id
+        now = node.clock_ms()
+        admits = [sign_message(Admit(ledger, os.urandom(16).hex(), now + 3600_000, f"m{i}",
+                                     member_key(7, i).public, 10**12, 10**12), steward)
+                  for i in range(members)]
+        reqs = [EventRequest(a, (frozenset({steward.public}), True)) for a in admits]
+        node.writer.submit_all([*reqs])
+        for r in reqs:
+            await r.future
+        with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+            signer = Signer(pool, os.cpu_count() or 1, ledger, 7, members)
+            batch_bodies = signer.bodies(transfers, batch).split(b"\n")[:-1]
+            singles = signer.bodies(transfers // 4).split(b"\n")[:-1]
+
+        def line(name: str, seconds: float, n: int, extra: str = "") -> None:
+            print(f"{name:28s} {seconds / n * 1e6:8.1f} µs/transfer {extra}", flush=True)
+
+        c0 = cpu()
+        items = []
+        for body in batch_bodies:
+            doc = parse_json(body)
+            items.append([parse_transfer_item(o, f"transfers[{i}]")
+                          for i, o in enumerate(doc["transfers"])])
+        line("parse (json + items)", cpu() - c0, transfers)
+
+        c0, w0 = cpu(), time.perf_counter()
+        checks = []
+        for group in items:
+            checks.append(await node.verify([it.signed for it in group]))
+        line("verify (process CPU)", cpu() - c0, transfers,
+             f"wall {(time.perf_counter() - w0) / transfers * 1e6:.1f} µs/transfer")
+        assert all(c[1] for cs in checks for c in cs)
+
+        c0, w0 = cpu(), time.perf_counter()
+        for group, cs in zip(items, checks):
+            rs = [EventRequest(it.signed, c, it.memo) for it, c in zip(group, cs)]
+            node.writer.submit_all(rs)
+            for r in rs:
+                assert (await r.future).code.value == "ok"
+        line("writer (process CPU)", cpu() - c0, transfers,
+             f"wall {(time.perf_counter() - w0) / transfers * 1e6:.1f} µs/transfer")
+
+        parsed = [parse_transfer_item(parse_json(b), "body") for b in singles]
+        queue = list(parsed)
+        c0, w0 = cpu(), time.perf_counter()
+
+        async def worker() -> None:
+            while queue:
+                it = queue.pop()
+                out = await _apply_one(node, it.signed, it.memo)
+                assert out.code.value == "ok", out
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+        line("single path, 64 tasks (CPU)", cpu() - c0, len(parsed),
+             f"wall {(time.perf_counter() - w0) / len(parsed) * 1e6:.1f} µs/transfer")
+    finally:
+        await node.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transfers", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--members", type=int, default=256)
+    args = parser.parse_args()
+    asyncio.run(main_async(args.transfers, args.batch, args.members))
+
+
+if __name__ == "__main__":
+    main()
