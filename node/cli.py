@@ -691,8 +691,29 @@ def cmd_peer_propose(args: argparse.Namespace) -> None:
 def cmd_peer_accept(args: argparse.Namespace) -> None:
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
         result = await client.accept_line(args.line, steward_keys(args))
-        emit(args, f"Credit line {args.line} is active (log index {result.get('index')}).",
-             result)
+        emit(args, f"Credit line {args.line} is {result.get('status', 'active')} "
+             f"(version {result.get('version', 1)}, log index {result.get('index')}).", result)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_peer_change(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        client.key = steward_keys(args)[0]
+        line = next((x for x in (await client.lines())["lines"] if x["id"] == args.line), None)
+        if line is None:
+            raise CliError(f"no credit line {args.line}: see `tally peer list`")
+        their_unit = Unit(**line["peer"]["unit"])
+        status = "suspended" if args.suspend else "active" if args.resume else None
+        result = await client.change_line(
+            args.line, steward_keys(args),
+            amount_arg(args.limit, info.unit, "--limit") if args.limit else None,
+            amount_arg(args.their_limit, their_unit, "--their-limit") if args.their_limit
+            else None,
+            status,
+        )
+        emit(args, f"Proposed the next version of line {args.line}; it takes effect when "
+             f"{line['peer']['name']}'s stewards run `tally peer accept {args.line}`.", result)
 
     asyncio.run(with_client(args, run))
 
@@ -890,6 +911,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accept a proposed credit line")
     p.add_argument("line", help="the line id `tally peer list` shows")
     p.set_defaults(func=cmd_peer_accept)
+    p = psub.add_parser("change", parents=[client_opts, steward_opts],
+                        help="propose new limits for a line, or suspend or resume it")
+    p.add_argument("line", help="the line id `tally peer list` shows")
+    p.add_argument("--limit", metavar="X", help="how far we let them owe us (our unit)")
+    p.add_argument("--their-limit", metavar="Y", help="how far they let us owe them (theirs)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--suspend", action="store_true", help="stop new payments across it")
+    group.add_argument("--resume", action="store_true", help="allow payments again")
+    p.set_defaults(func=cmd_peer_change)
     p = psub.add_parser("list", parents=[client_opts, steward_opts],
                         help="credit lines, their balances and proposals")
     p.set_defaults(func=cmd_peer_list)

@@ -369,6 +369,42 @@ class TallyClient:
                 "action": "propose"}
         return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
 
+    async def change_line(
+        self,
+        line_id: str,
+        stewards: Sequence[SecretKey],
+        our_limit: int | None = None,
+        their_limit: int | None = None,
+        status: str | None = None,
+    ) -> dict[str, Any]:
+        """Propose the next version of a line: new limits, or ``suspended``/``active``. It
+        takes effect when the other collective's stewards accept it, like the first."""
+        from protocol.messages import parse_message
+
+        self_key = self.key
+        self.key = stewards[0]
+        try:
+            listing = await self.lines()
+        finally:
+            self.key = self_key
+        current = next((x for x in listing["lines"] if x["id"] == line_id), None)
+        if current is None:
+            raise TallyError("line_not_found", f"no credit line {line_id} here")
+        line = parse_message(current["terms"], frozenset({"line"}))
+        assert isinstance(line, Line)
+        mine = await self.info()
+        ours_is_a = line.a.node_key == mine.node_key
+        a_limit, b_limit = line.a_limit, line.b_limit
+        if our_limit is not None:
+            a_limit, b_limit = (our_limit, b_limit) if ours_is_a else (a_limit, our_limit)
+        if their_limit is not None:
+            a_limit, b_limit = (a_limit, their_limit) if ours_is_a else (their_limit, b_limit)
+        new = Line(line.id, line.version + 1, line.a, line.b, a_limit, b_limit, line.rate_num,
+                   line.rate_den, status or line.status, now_ms() + 7 * 24 * 3600_000)
+        body = {"line": sign_message(new, *stewards).to_json(), "url": current["peer_url"],
+                "action": "propose"}
+        return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
     async def accept_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
         """Accept a proposal this collective received, as its stewards."""
         self_key = self.key

@@ -302,7 +302,8 @@ class Federation:
         await self._peer_post(other.node_key.key_id, "/v1/peer/lines",
                               {"line": both_nodes.to_json(), "url": self.public_url})
         await self._drop_proposal(line.id)
-        return {"line": line.id, "status": "active", "index": outcome.index}
+        return {"line": line.id, "version": line.version, "status": line.status,
+                "index": outcome.index}
 
     def _check_stewards(self, signed: Signed) -> None:
         state = self.node.ledger
@@ -389,8 +390,12 @@ class Federation:
             answer = await self._peer_post(peer.key_id, "/v1/peer/quote",
                                            {"order": order_signed.to_json(), "attempt": attempt_id})
         except TallyError as exc:
+            if exc.code == "unreachable":  # not a ResultCode: test it before mapping the rest
+                raise FederationError(ResultCode.no_route,
+                                      f"the payee's collective is unreachable: {exc.detail}"
+                                      ) from exc
             code = exc.code if exc.code in ResultCode.__members__ else "rejected"
-            raise FederationError(ResultCode(code) if code != "unreachable" else ResultCode.no_route,
+            raise FederationError(ResultCode(code),
                                   f"the payee's collective refused to quote: {exc.detail}") from exc
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
         quote = quote_signed.msg
