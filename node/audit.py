@@ -157,8 +157,9 @@ async def audit_log(
 
     # 2. Every entry into the tree; the root and every hash tile must match.
     stored: list[bytes] = []
-    entries: list[bytes] = []
-    bar = Progress("download", size, progress)
+    replayer = Replayer()  # 3. runs alongside: every entry replayed as it arrives
+    count = 0
+    bar = Progress("entries", size, progress)
     for n in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
         width = min(TILE_WIDTH, size - n * TILE_WIDTH)
         path = tile_path(Tile(-1, n, width))
@@ -169,12 +170,12 @@ async def audit_log(
         except TileError as exc:
             raise AuditFailed(f"entry bundle {path} is malformed: {exc}") from exc
         for entry in got:
-            i = len(entries)
             stored += merkle.append_hashes(
-                i, merkle.leaf_hash(entry), [stored[k] for k in merkle.append_indexes(i)]
+                count, merkle.leaf_hash(entry), [stored[k] for k in merkle.append_indexes(count)]
             )
-            entries.append(entry)
-        bar.update(len(entries))
+            replayer.feed(count, entry)
+            count += 1
+        bar.update(count)
     root = merkle.tree_hash(size, [stored[k] for k in merkle.tree_hash_indexes(size)])
     if not report.check(root == checkpoint.root, "the entries hash to the signed root"):
         # The rest would be checking books we know are not the signed ones: say where.
@@ -190,8 +191,8 @@ async def audit_log(
     report.check(not bad_tiles, f"all {len(tiles)} hash tiles match the tree"
                  + (f" (wrong: {', '.join(bad_tiles[:5])})" if bad_tiles else ""))
 
-    # 3. Replay from empty with the node's own rules.
-    state = _replay(entries, report, Progress("replay", size, progress))
+    # 3. The replay from empty with the node's own rules (done while downloading).
+    state = replayer.finish(report)
     if state is not None:
         report.balances = {h: a.balance for h, a in sorted(state.accounts.items())}
 
@@ -227,65 +228,81 @@ async def _locate_bad_entry(fetch: Fetch, size: int, stored: list[bytes], report
                 return
 
 
-def _replay(entries: list[bytes], report: AuditReport, bar: Progress) -> LedgerState | None:
-    if not entries:
-        report.check(False, "the log is empty")
-        return None
-    try:
-        genesis = parse_log_entry(parse_json(entries[0]))
-        state = new_state(genesis.payload, entries[0])
-    except (CanonicalError, MessageError, ValueError) as exc:
-        report.check(False, f"entry 0 is not a valid genesis entry: {exc}")
-        return None
-    report.check(True, f"genesis: {state.genesis.name!r}, ledger {state.ledger_id[:16]}…")
-    policy = Policy(max_valid_window_ms=None)
-    sums: dict[str, int] = {}
-    refused: list[str] = []
-    time_back: list[int] = []
-    last_time = genesis.node_time
-    for index in range(1, len(entries)):
+class Replayer:
+    """Replays entries one by one as they arrive, so the auditor never holds the whole log."""
+
+    def __init__(self) -> None:
+        self.state: LedgerState | None = None
+        self.policy = Policy(max_valid_window_ms=None)
+        self.sums: dict[str, int] = {}
+        self.refused: list[str] = []
+        self.time_back: list[int] = []
+        self.last_time = 0
+        self.count = 0
+        self.genesis_error = ""
+
+    def feed(self, index: int, raw: bytes) -> None:
+        self.count += 1
+        if index == 0:
+            try:
+                genesis = parse_log_entry(parse_json(raw))
+                self.state = new_state(genesis.payload, raw)
+                self.last_time = genesis.node_time
+            except (CanonicalError, MessageError, ValueError) as exc:
+                self.genesis_error = str(exc)
+            return
+        if self.state is None:
+            return
         try:
-            entry = parse_log_entry(parse_json(entries[index]))
+            entry = parse_log_entry(parse_json(raw))
         except (CanonicalError, MessageError) as exc:
-            refused.append(f"{index} (malformed: {exc})")
-            continue
-        if entries[index] != entry.encode():
-            refused.append(f"{index} (not in canonical form)")
-        if entry.node_time < last_time:
-            time_back.append(index)
-        last_time = max(last_time, entry.node_time)
-        outcome = apply(state, entry.payload, entry.node_time, policy)
+            self.refused.append(f"{index} (malformed: {exc})")
+            return
+        if raw != entry.encode():
+            self.refused.append(f"{index} (not in canonical form)")
+        if entry.node_time < self.last_time:
+            self.time_back.append(index)
+        self.last_time = max(self.last_time, entry.node_time)
+        outcome = apply(self.state, entry.payload, entry.node_time, self.policy)
         if outcome.code.value != "ok":
-            refused.append(f"{index} ({outcome.code.value})")
-            continue
+            self.refused.append(f"{index} ({outcome.code.value})")
+            return
         if outcome.index != index:
-            refused.append(f"{index} (applies at {outcome.index})")
+            self.refused.append(f"{index} (applies at {outcome.index})")
         msg = entry.payload.msg
         if isinstance(msg, Transfer):
-            sums[msg.payer] = sums.get(msg.payer, 0) - msg.amount
-            sums[msg.payee] = sums.get(msg.payee, 0) + msg.amount
-        bar.update(index + 1)
-    bar.update(len(entries))
-    # Payments across collectives move balances through holds that were posted.
-    for hold in state.holds.values():
-        if hold.state == "posted":
-            sums[hold.debit] = sums.get(hold.debit, 0) - hold.amount
-            sums[hold.credit] = sums.get(hold.credit, 0) + hold.amount
-    report.check(not refused, f"all {len(entries) - 1} entries after genesis apply under the "
-                 "ledger rules (signatures, limits, unique ids)"
-                 + (f"; refused: {', '.join(refused[:5])}" if refused else ""))
-    report.check(not time_back, "node times never go back"
-                 + (f" (entries {time_back[:5]})" if time_back else ""))
-    violations = invariant_violations(state)
-    total = sum(a.balance for a in state.accounts.values())
-    report.check(total == 0, f"balances sum to zero ({total})")
-    mismatched = [h for h, a in state.accounts.items() if a.balance != sums.get(h, 0)]
-    report.check(not mismatched, "each balance is the sum of its transfers and posted holds"
-                 + (f" (not: {', '.join(mismatched[:5])})" if mismatched else ""))
-    limit_problems = [v for v in violations if "limit" in v]
-    report.check(not limit_problems, "every balance is within its limits"
-                 + (f" ({'; '.join(limit_problems[:3])})" if limit_problems else ""))
-    return state
+            self.sums[msg.payer] = self.sums.get(msg.payer, 0) - msg.amount
+            self.sums[msg.payee] = self.sums.get(msg.payee, 0) + msg.amount
+
+    def finish(self, report: AuditReport) -> LedgerState | None:
+        state = self.state
+        if state is None:
+            report.check(False, "entry 0 is not a valid genesis entry"
+                         + (f": {self.genesis_error}" if self.genesis_error else ""))
+            return None
+        report.check(True, f"genesis: {state.genesis.name!r}, ledger {state.ledger_id[:16]}…")
+        sums = dict(self.sums)
+        # Payments across collectives move balances through holds that were posted.
+        for hold in state.holds.values():
+            if hold.state == "posted":
+                sums[hold.debit] = sums.get(hold.debit, 0) - hold.amount
+                sums[hold.credit] = sums.get(hold.credit, 0) + hold.amount
+        refused, time_back = self.refused, self.time_back
+        report.check(not refused, f"all {self.count - 1} entries after genesis apply under the "
+                     "ledger rules (signatures, limits, unique ids)"
+                     + (f"; refused: {', '.join(refused[:5])}" if refused else ""))
+        report.check(not time_back, "node times never go back"
+                     + (f" (entries {time_back[:5]})" if time_back else ""))
+        violations = invariant_violations(state)
+        total = sum(a.balance for a in state.accounts.values())
+        report.check(total == 0, f"balances sum to zero ({total})")
+        mismatched = [h for h, a in state.accounts.items() if a.balance != sums.get(h, 0)]
+        report.check(not mismatched, "each balance is the sum of its transfers and posted holds"
+                     + (f" (not: {', '.join(mismatched[:5])})" if mismatched else ""))
+        report.check(not violations, "every balance is within its limits, pending amounts "
+                     "match open holds"
+                     + (f" ({'; '.join(violations[:3])})" if violations else ""))
+        return state
 
 
 def format_report(report: AuditReport) -> str:
