@@ -27,7 +27,7 @@ from node.openapi import openapi_document
 from node.problems import Problem, problem_middleware
 from node.ratelimit import RateLimiter
 from node.service import Node
-from node.writer import EventRequest, Memo
+from node.writer import Memo
 from protocol.codes import ResultCode
 from protocol.ledger import Outcome, memo_hash
 from protocol.messages import (
@@ -320,12 +320,10 @@ async def post_batch(request: web.Request) -> web.Response:
             limit_rate(request, key, cost=max(1.0, len(items) / len(keys) / 10))
         checks = await node.verify([item.signed for _, item in items])
         assert node.writer is not None
-        requests = [
-            EventRequest(item.signed, check, item.memo) for (_, item), check in zip(items, checks)
-        ]
-        node.writer.submit_all(requests)
-        for (i, item), r in zip(items, requests):
-            outcome = await r.future
+        outcomes = await node.writer.submit_batch(
+            [(item.signed, check, item.memo) for (_, item), check in zip(items, checks)]
+        )
+        for (i, item), outcome in zip(items, outcomes):
             if outcome.code in (ResultCode.ok, ResultCode.exists):
                 results[i] = receipt(item.signed, outcome)
             else:

@@ -53,6 +53,7 @@ class TallyError(Exception):
         self.detail = detail
         self.status = status
         self.problem = problem or {}
+        self.order_id: str | None = None  # set for payments across collectives
 
 
 def new_id() -> str:
@@ -327,6 +328,7 @@ class TallyClient:
         amount: int,
         max_pay: int,
         valid_for_ms: int = 120_000,
+        order_id: str | None = None,
     ) -> dict[str, Any]:
         """Pay ``payee`` at the collective whose node key is ``payee_node``: ``amount`` in
         the payee's unit, spending at most ``max_pay`` of ours. Final: a receipt, or a
@@ -335,10 +337,14 @@ class TallyClient:
         if self.key is None:
             raise TallyError("no_key", "paying needs the payer's key: `tally key new`")
         info = await self.info()
-        order = PaymentOrder(info.ledger_id, new_id(), payer, payee, payee_node, amount, max_pay,
-                             now_ms() + valid_for_ms)
+        order = PaymentOrder(info.ledger_id, order_id or new_id(), payer, payee, payee_node,
+                             amount, max_pay, now_ms() + valid_for_ms)
         body = sign_message(order, self.key).to_json()
-        return (await self._request("POST", "/v1/payments", body, idempotent=False))[1]  # type: ignore[no-any-return]
+        try:
+            return (await self._request("POST", "/v1/payments", body, idempotent=False))[1]  # type: ignore[no-any-return]
+        except TallyError as exc:
+            exc.order_id = order.id  # so the caller can ask `payment(order_id)` later
+            raise
 
     async def payment(self, order_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/payments/{order_id}", signed=True))[1]  # type: ignore[no-any-return]

@@ -417,6 +417,10 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": _ref("SignedMessage")}}},
                 "responses": {"201": _json("PaymentReceipt", "paid"),
+                              "202": {"description": "still in flight when the node stopped "
+                                                     "waiting: ask GET /v1/payments/{order}; "
+                                                     "do not pay again",
+                                      "content": {"application/json": {}}},
                               **_problems(400, 409, 413, 415, 422, 429, 503)}}},
             "/v1/payments/{order}": {"get": {
                 "operationId": "getPayment", "summary": "The attempts of a payment order",

@@ -19,12 +19,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiosqlite
+import nacl.bindings
+import nacl.exceptions
 
 from crypto.keys import SecretKey, read_key_file, write_key_file
 from node import storage
@@ -35,7 +37,7 @@ from node.writer import Writer
 if TYPE_CHECKING:
     from node.federation import Federation
 from protocol.ledger import LedgerState, Policy, SigCheck
-from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
+from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message, signature_bytes
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,153 @@ def check_signatures(items: list[Signed]) -> list[SigCheck]:
     return [_check(s) for s in items]
 
 
+# --- signature checks off the event loop ----------------------------------------------------
+
+Job = tuple[bytes, bytes]  # (signature ‖ signed bytes, public key): what crypto_sign_open takes
+
+
+def open_signed(jobs: list[Job]) -> list[bool]:
+    """Verify each job; runs in a worker. Nothing but the libsodium call per item (which
+    releases the GIL): the bytes were prepared by the caller."""
+    out = []
+    for sm, pk in jobs:
+        try:
+            nacl.bindings.crypto_sign_open(sm, pk)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
+def _jobs(items: list[Signed]) -> tuple[list[Job], list[list[int]]]:
+    """The jobs for ``items``' signatures, and for each item the job number of each of its
+    signatures (-1: not a canonical signature encoding, so it does not verify)."""
+    jobs: list[Job] = []
+    where: list[list[int]] = []
+    for signed in items:
+        body = signed.signed_bytes
+        mine = []
+        for sig in signed.sigs:
+            raw = signature_bytes(sig.sig)
+            if raw is None:
+                mine.append(-1)
+            else:
+                mine.append(len(jobs))
+                jobs.append((raw + body, sig.key.raw))
+        where.append(mine)
+    return jobs, where
+
+
+def _sigchecks(items: list[Signed], where: list[list[int]], good: list[bool]) -> list[SigCheck]:
+    """``Signed.verified_signers()`` of each item, from the jobs' answers."""
+    out: list[SigCheck] = []
+    for signed, mine in zip(items, where):
+        sigs = signed.sigs
+        if len(sigs) == 1:
+            n = mine[0]
+            ok = n >= 0 and good[n]
+            out.append((frozenset((sigs[0].key,)) if ok else frozenset(), ok))
+            continue
+        keys = {s.key for s, n in zip(sigs, mine) if n >= 0 and good[n]}
+        out.append((frozenset(keys), len(keys) == len({s.key for s in sigs})))
+    return out
+
+
+class Verifier:
+    """Checks signatures in worker threads or processes, off the event loop.
+
+    ``verify`` of many items (a batch request) splits them across the workers at once. Few
+    items (a single transfer, an act) wait in a queue that a worker takes whole when one is
+    free, so the transfers of concurrent requests are verified together in one job: one hop
+    per job, not per request. Workers get bytes and return booleans; the loop keeps the
+    ``Signed`` objects.
+    """
+
+    SPLIT = 64  # items from which one call is split across every worker at once
+
+    def __init__(self, workers: int, processes: bool = False) -> None:
+        self.workers = workers
+        self.pool: Executor
+        if processes:
+            import multiprocessing
+
+            self.pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        else:
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+        self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
+        self.in_flight = 0
+        self.scheduled = False
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def verify(self, items: list[Signed]) -> list[SigCheck]:
+        if not items:
+            return []
+        jobs, where = _jobs(items)
+        if not jobs:
+            return _sigchecks(items, where, [])
+        loop = asyncio.get_running_loop()
+        if len(jobs) >= self.SPLIT:
+            size = -(-len(jobs) // self.workers)
+            parts = await asyncio.gather(*(
+                loop.run_in_executor(self.pool, open_signed, jobs[i : i + size])
+                for i in range(0, len(jobs), size)
+            ))
+            good = [ok for part in parts for ok in part]
+        else:
+            future: asyncio.Future[list[bool]] = loop.create_future()
+            self.pending.append((jobs, len(jobs), future))
+            if not self.scheduled:
+                self.scheduled = True
+                loop.call_soon(self._flush)
+            good = await future
+        return _sigchecks(items, where, good)
+
+    def _flush(self) -> None:
+        """Hand everything queued to a free worker as one job (after the loop's current
+        round, so that the requests read in it join)."""
+        self.scheduled = False
+        if not self.pending or self.in_flight >= self.workers:
+            return  # a job in flight flushes again when it ends
+        waiting, self.pending = self.pending, []
+        jobs = [job for part, _, _ in waiting for job in part]
+        loop = asyncio.get_running_loop()
+        try:
+            done = loop.run_in_executor(self.pool, open_signed, jobs)
+        except RuntimeError as exc:  # the pool was shut down: the node is stopping
+            for _, _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.in_flight += 1
+        done.add_done_callback(lambda f: self._answer(waiting, f))
+
+    def _answer(
+        self,
+        waiting: list[tuple[list[Job], int, asyncio.Future[list[bool]]]],
+        done: asyncio.Future[list[bool]],
+    ) -> None:
+        self.in_flight -= 1
+        if self.pending and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
+        start = 0
+        good = None if exc is not None else done.result()
+        for _, n, future in waiting:
+            if future.done():
+                pass
+            elif good is None:
+                future.set_exception(exc)  # type: ignore[arg-type]
+            else:
+                future.set_result(good[start : start + n])
+            start += n
+
+
 class Node:
     """One running collective node. ``start`` before use; ``stop`` closes everything."""
 
@@ -129,7 +278,10 @@ class Node:
         self.reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="verify")
+        self.verifier = Verifier(
+            max(2, os.cpu_count() or 2),
+            processes=os.environ.get("TALLY_VERIFY_PROCESSES") == "1",
+        )
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None
@@ -214,20 +366,9 @@ class Node:
             if conn is not None:
                 await conn.close()
         self.reader = self.db = None
-        self.pool.shutdown(wait=False)
+        self.verifier.shutdown()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
-        """Check signatures; large batches in worker threads, off the event loop.
-
-        PyNaCl releases the GIL while verifying, so the threads use every core.
-        """
-        if len(items) < 16:
-            return check_signatures(items)
-        loop = asyncio.get_running_loop()
-        workers = max(2, os.cpu_count() or 2)
-        size = -(-len(items) // workers)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        results = await asyncio.gather(
-            *(loop.run_in_executor(self.pool, check_signatures, c) for c in chunks)
-        )
-        return [r for chunk in results for r in chunk]
+        """Check signatures (``Signed.verified_signers`` of each item) off the event loop:
+        see ``Verifier``."""
+        return await self.verifier.verify(items)

@@ -4,15 +4,19 @@ Layer: node. Owns every write to the ledger database after initialisation.
 
 Theory of operation
 -------------------
-Handlers parse a request and check its signatures (in worker threads for large batches),
-then ``submit`` it and await the outcome. The writer task takes whatever is queued — up to
-``max_group_commit`` requests — and, in one ``BEGIN IMMEDIATE … COMMIT``:
+Handlers parse a request and check its signatures (in worker threads, ``Node.verify``),
+then ``submit`` it (or ``submit_batch`` a whole batch request, with one future for all its
+events) and await the outcome. The writer task takes whatever is queued — up to
+``max_group_commit`` events, never splitting a batch request — and, in one
+``BEGIN IMMEDIATE … COMMIT``:
 
 1. reads which of the batch's event ids were applied before (ids are unique forever);
 2. runs the pure ledger rules (``protocol.ledger.apply``) on each request in order;
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
    postings, memos, event ids) and any signed-request nonces.
 
+Steps 1 and 3 each run as one function in the connection's own thread (one hop each, not one
+per statement); step 3 includes the COMMIT unless an ``OpRequest`` must run in between.
 Only after COMMIT returns are the requests answered, so an acknowledged event is durable,
 and a refused one wrote nothing. If the transaction fails, the in-memory state is reloaded
 from the database and every request in the batch gets ``internal_error`` (nothing applied).
@@ -23,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -53,6 +59,17 @@ class EventRequest:
 
 
 @dataclass
+class EventBatch:
+    """The events of one batch request, (signed, sigcheck, memo) each: committed in one
+    transaction, answered with one future holding every outcome in order."""
+
+    events: Sequence[tuple[Signed, SigCheck, Memo | None]]
+    future: asyncio.Future[list[Outcome]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass
 class NonceRequest:
     nonce: str
     expires: int
@@ -68,11 +85,62 @@ class OpRequest:
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-Request = EventRequest | NonceRequest | OpRequest
+Request = EventRequest | EventBatch | NonceRequest | OpRequest
+
+T = TypeVar("T")
 
 
 class Overloaded(Exception):
     """The writer's queue is full; the client should retry after a short wait."""
+
+
+def _size(request: Request) -> int:
+    return len(request.events) if isinstance(request, EventBatch) else 1
+
+
+async def in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(conn, *args)`` in ``db``'s own thread, with its ``sqlite3.Connection``: one
+    hop for many statements. In order with every other call on ``db`` (aiosqlite runs them
+    one at a time from one queue). Uses aiosqlite's ``_execute``, its way to run any
+    function in that thread."""
+    return await db._execute(lambda: fn(db._conn, *args))  # type: ignore[no-any-return]
+
+
+class _Recorder:
+    """Stands in for the connection while ``TreeAppender.append`` computes its rows, so they
+    are written with the rest of the batch, in the one hop."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, list[Any]]] = []
+
+    async def executemany(self, sql: str, rows: Any) -> None:
+        self.statements.append((sql, list(rows)))
+
+
+def _select_seen(conn: sqlite3.Connection, ids: list[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows += conn.execute(f"SELECT id, digest, idx FROM events WHERE id IN ({marks})", chunk)
+    return rows
+
+
+def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool) -> None:
+    """BEGIN IMMEDIATE, every statement (``executemany`` for a list of rows, else
+    ``execute``), then COMMIT if ``commit``. On failure the caller rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    for sql, rows in statements:
+        if isinstance(rows, list):
+            conn.executemany(sql, rows)
+        else:
+            conn.execute(sql, rows)
+    if commit:
+        conn.execute("COMMIT")
+
+
+def _commit_only(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
 
 
 class Writer:
@@ -91,7 +159,9 @@ class Writer:
         self.state = state
         self.policy = policy
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[Request] = asyncio.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.queue: asyncio.Queue[Request] = asyncio.Queue()
+        self.queued = 0  # events (and other requests) waiting in ``queue``
         self.clock_ms = clock_ms
         self.on_commit = on_commit
         self.tree = TreeAppender(db)
@@ -112,20 +182,30 @@ class Writer:
         await self.tree.load(self.state.size)
 
     def submit_nowait(self, request: Request) -> None:
-        try:
-            self.queue.put_nowait(request)
-        except asyncio.QueueFull as exc:
-            raise Overloaded() from exc
+        size = _size(request)
+        if self.queued + size > self.max_queue:
+            raise Overloaded()
+        self.queued += size
+        self.queue.put_nowait(request)
 
     def submit_all(self, requests: list[Request]) -> None:
         """Queue every request or none: a batch is refused whole when the queue lacks room."""
-        if self.queue.maxsize - self.queue.qsize() < len(requests):
+        if self.queued + sum(_size(r) for r in requests) > self.max_queue:
             raise Overloaded()
         for request in requests:
-            self.queue.put_nowait(request)
+            self.submit_nowait(request)
 
     async def submit(self, signed: Signed, sigcheck: SigCheck, memo: Memo | None = None) -> Outcome:
         request = EventRequest(signed, sigcheck, memo)
+        self.submit_nowait(request)
+        return await request.future
+
+    async def submit_batch(
+        self, events: Sequence[tuple[Signed, SigCheck, Memo | None]]
+    ) -> list[Outcome]:
+        """Apply ``events`` in order, in one transaction; every outcome, after COMMIT.
+        Raises ``Overloaded`` (nothing queued) when the queue lacks room for all of them."""
+        request = EventBatch(events)
         self.submit_nowait(request)
         return await request.future
 
@@ -144,8 +224,14 @@ class Writer:
     async def run(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            size = _size(batch[0])
+            # Up to max_batch events; a batch request is never split, so the last one taken
+            # may carry the transaction past max_batch by at most its own size.
+            while size < self.max_batch and not self.queue.empty():
+                request = self.queue.get_nowait()
+                batch.append(request)
+                size += _size(request)
+            self.queued -= size
             try:
                 results = await self._commit(batch)
             except asyncio.CancelledError:
@@ -175,22 +261,23 @@ class Writer:
         self.state.__dict__.update(fresh.__dict__)
         await self.tree.load(self.state.size)
 
-    async def _commit(self, batch: list[Request]) -> list[Outcome | bool]:
+    async def _commit(self, batch: list[Request]) -> list[Outcome | bool | list[Outcome]]:
         state = self.state
         now = max(self.clock_ms(), self.last_time)
-        events = [r for r in batch if isinstance(r, EventRequest)]
-        ids = list({seen_key(r.signed) for r in events if not isinstance(r.signed.msg, Genesis)})
+        ids_set: set[str] = set()
+        for r in batch:
+            if isinstance(r, EventRequest):
+                if not isinstance(r.signed.msg, Genesis):
+                    ids_set.add(seen_key(r.signed))
+            elif isinstance(r, EventBatch):
+                ids_set.update(seen_key(s) for s, _, _ in r.events
+                               if not isinstance(s.msg, Genesis))
         state.seen.clear()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT id, digest, idx FROM events WHERE id IN ({marks})", chunk
-            ) as cur:
-                async for row in cur:
-                    state.seen[row[0]] = Seen(bytes(row[1]), int(row[2]))
+        if ids_set:
+            for row in await in_db_thread(self.db, _select_seen, list(ids_set)):
+                state.seen[row[0]] = Seen(bytes(row[1]), int(row[2]))
 
-        results: list[Outcome | bool] = []
+        results: list[Outcome | bool | list[Outcome]] = []
         entries: list[tuple[int, bytes]] = []
         event_rows: list[tuple[str, bytes, int]] = []
         postings: list[tuple[str, int, int, str, str, int]] = []
@@ -201,6 +288,8 @@ class Writer:
         stewards_changed = False
         lines_changed: set[str] = set()
         holds_changed: set[str] = set()
+        policy = self.policy
+        ok = ResultCode.ok
         for request in batch:
             if isinstance(request, OpRequest):
                 ops.append(request)
@@ -213,95 +302,112 @@ class Writer:
                     new_nonces.append((request.nonce, request.expires))
                 results.append(fresh)
                 continue
-            signed = request.signed
-            outcome = apply(state, signed, now, self.policy, request.sigcheck)
-            results.append(outcome)
-            if outcome.code != ResultCode.ok:
-                continue
-            assert outcome.index is not None
-            index = outcome.index
-            msg = signed.msg
-            entries.append((index, LogEntry(now, signed).encode()))
-            event_rows.append((outcome.key, state.seen[outcome.key].digest, index))
-            dirty.update(outcome.touched)
-            event_id = getattr(msg, "id", "")
-            postings.extend(
-                (handle, index, amount, counterparty, event_id, now)
-                for handle, amount, counterparty in outcome.postings
-            )
-            if isinstance(msg, Transfer) and request.memo is not None:
-                memos.append((index, request.memo.salt, request.memo.text))
-            elif isinstance(msg, SetStewards):
-                stewards_changed = True
-            elif msg.type == "line":
-                lines_changed.add(event_id)
-            elif msg.type in ("prepare", "fulfil", "reject", "decision"):
-                holds_changed.update(k for k in (f"{event_id}/out", f"{event_id}/in")
-                                     if k in state.holds)
+            if isinstance(request, EventRequest):
+                events: Sequence[tuple[Signed, SigCheck, Memo | None]] = (
+                    (request.signed, request.sigcheck, request.memo),
+                )
+            else:
+                events = request.events
+            outcomes: list[Outcome] = []
+            for signed, sigcheck, memo in events:
+                outcome = apply(state, signed, now, policy, sigcheck)
+                outcomes.append(outcome)
+                if outcome.code is not ok:
+                    continue
+                assert outcome.index is not None
+                index = outcome.index
+                msg = signed.msg
+                entries.append((index, LogEntry(now, signed).encode()))
+                event_rows.append((outcome.key, state.seen[outcome.key].digest, index))
+                dirty.update(outcome.touched)
+                event_id = getattr(msg, "id", "")
+                for handle, amount, counterparty in outcome.postings:
+                    postings.append((handle, index, amount, counterparty, event_id, now))
+                if isinstance(msg, Transfer):
+                    if memo is not None:
+                        memos.append((index, memo.salt, memo.text))
+                elif isinstance(msg, SetStewards):
+                    stewards_changed = True
+                elif msg.type == "line":
+                    lines_changed.add(event_id)
+                elif msg.type in ("prepare", "fulfil", "reject", "decision"):
+                    holds_changed.update(k for k in (f"{event_id}/out", f"{event_id}/in")
+                                         if k in state.holds)
+            results.append(outcomes[0] if isinstance(request, EventRequest) else outcomes)
 
         if not entries and not new_nonces and not ops:
             return results
 
         db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            if entries:
-                await db.executemany("INSERT INTO log (idx, entry) VALUES (?, ?)", entries)
+        statements: list[tuple[str, Any]] = []
+        if entries:
+            statements.append(("INSERT INTO log (idx, entry) VALUES (?, ?)", entries))
+            recorder = _Recorder()
+            self.tree.db = recorder  # type: ignore[assignment]
+            try:
                 await self.tree.append([e for _, e in entries], entries[0][0])
-                await db.executemany(
-                    "INSERT INTO events (id, digest, idx) VALUES (?, ?, ?)", event_rows
-                )
-                if postings:
-                    await db.executemany(
-                        "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
-                        "node_time) VALUES (?, ?, ?, ?, ?, ?)",
-                        postings,
-                    )
-                if memos:
-                    await db.executemany(
-                        "INSERT INTO memos (idx, salt, memo) VALUES (?, ?, ?)", memos
-                    )
-                if dirty:
-                    await db.executemany(
-                        f"INSERT OR REPLACE INTO accounts ({storage.ACCOUNT_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [storage.account_row(state.accounts[h]) for h in sorted(dirty)],
-                    )
-                if lines_changed:
-                    await db.executemany(
-                        "INSERT OR REPLACE INTO lines (id, signed) VALUES (?, ?)",
-                        [(i, json.dumps(state.lines[i].to_json())) for i in sorted(lines_changed)],
-                    )
-                if holds_changed:
-                    await db.executemany(
-                        "INSERT OR REPLACE INTO holds (key, doc, state) VALUES (?, ?, ?)",
-                        [(k, json.dumps(state.holds[k].to_json()), state.holds[k].state)
-                         for k in sorted(holds_changed)],
-                    )
-                if stewards_changed:
-                    doc = {
-                        "keys": sorted(k.text for k in state.stewards),
-                        "threshold": state.threshold,
-                    }
-                    await db.execute(
-                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('stewards', ?)",
-                        (json.dumps(doc),),
-                    )
-            if new_nonces:
-                await db.executemany(
-                    "INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", new_nonces
-                )
-                if self.commits % 256 == 0:
-                    cutoff = now // 1000
-                    await db.execute("DELETE FROM nonces WHERE expires < ?", (cutoff,))
-                    self.nonces = {n: e for n, e in self.nonces.items() if e >= cutoff}
+            finally:
+                self.tree.db = db
+            statements += recorder.statements
+            statements.append(
+                ("INSERT INTO events (id, digest, idx) VALUES (?, ?, ?)", event_rows)
+            )
+            if postings:
+                statements.append((
+                    "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
+                    "node_time) VALUES (?, ?, ?, ?, ?, ?)",
+                    postings,
+                ))
+            if memos:
+                statements.append(("INSERT INTO memos (idx, salt, memo) VALUES (?, ?, ?)", memos))
+            if dirty:
+                statements.append((
+                    f"INSERT OR REPLACE INTO accounts ({storage.ACCOUNT_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [storage.account_row(state.accounts[h]) for h in sorted(dirty)],
+                ))
+            if lines_changed:
+                statements.append((
+                    "INSERT OR REPLACE INTO lines (id, signed) VALUES (?, ?)",
+                    [(i, json.dumps(state.lines[i].to_json())) for i in sorted(lines_changed)],
+                ))
+            if holds_changed:
+                statements.append((
+                    "INSERT OR REPLACE INTO holds (key, doc, state) VALUES (?, ?, ?)",
+                    [(k, json.dumps(state.holds[k].to_json()), state.holds[k].state)
+                     for k in sorted(holds_changed)],
+                ))
+            if stewards_changed:
+                doc = {
+                    "keys": sorted(k.text for k in state.stewards),
+                    "threshold": state.threshold,
+                }
+                statements.append((
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('stewards', ?)",
+                    (json.dumps(doc),),
+                ))
+        prune = False
+        if new_nonces:
+            statements.append(
+                ("INSERT OR IGNORE INTO nonces (nonce, expires) VALUES (?, ?)", new_nonces)
+            )
+            if self.commits % 256 == 0:
+                prune = True
+                statements.append(("DELETE FROM nonces WHERE expires < ?", (now // 1000,)))
+        try:
+            # One hop: BEGIN, every statement and (unless ops must run first) COMMIT.
+            await in_db_thread(db, _write, statements, not ops)
             for op in ops:
                 await op.run(db)
-            await db.execute("COMMIT")
+            if ops:
+                await in_db_thread(db, _commit_only)
         except BaseException:
             for nonce, _ in new_nonces:
                 self.nonces.pop(nonce, None)
             raise
+        if prune:
+            cutoff = now // 1000
+            self.nonces = {n: e for n, e in self.nonces.items() if e >= cutoff}
         self.last_time = now
         self.commits += 1
         self.tree.committed()

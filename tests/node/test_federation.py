@@ -1,0 +1,802 @@
+"""Two collectives' nodes in one process, a credit line between them, and payments across it.
+
+Each test serves two real nodes (``node.server.serve`` on loopback ports): A, a time bank
+counting minutes, and B, a co-op counting cents, whose line converts at 3 cents per 2
+minutes. Members pay across the line through the HTTP API and the tests assert what they
+and their stewards would see: receipts, refusal codes, balances and pending amounts on both
+ledgers, and the mirrored peer accounts.
+
+The hostile-peer tests speak the node-to-node protocol by hand: requests signed with
+``crypto.httpsig.sign_request`` and the node key from A's data directory, with messages a
+well-behaved node would never send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from crypto.canonical import canonical_json
+from crypto.httpsig import sign_request
+from crypto.keys import SecretKey, b64url, read_key_file
+from node.client import TallyClient, TallyError, new_id
+from node.config import ApiSettings, Config, FederationSettings
+from node.federation import Federation
+from node.server import Served, serve
+from node.service import Node, init_data_dir
+from protocol.federation import (
+    Decision,
+    Fulfil,
+    Line,
+    PaymentOrder,
+    Prepare,
+    Quote,
+    peer_handle,
+)
+from protocol.messages import Signed, Unit, parse_message, parse_signed, sign_message
+
+# A payment the credit line has no room for (the line's own code, or the peer account's).
+LINE_FULL = ("exceeds_line_limit", "exceeds_credit_limit", "exceeds_debit_limit")
+MINUTES = Unit("HOUR", "hours", 60)
+CENTS = Unit("CREDIT", "credits", 100)
+RATE = (3, 2)  # B's cents per A's minute: 3/2, so conversions round
+A_LIMIT = 3000  # B may owe A up to 3000 minutes
+B_LIMIT = 600  # A may owe B up to 600 cents (= 400 minutes)
+
+# Short delays, so that expiry and timeouts play out within a test. A peer's clock may be off
+# by a quarter of the margin (rounded up to one second).
+FEDERATION = FederationSettings(
+    margin_ms=1000, payment_timeout_ms=2500, quote_ttl_ms=5000, peer_timeout_ms=1000,
+    max_hold_ms=5000,
+)
+CONFIG = Config(
+    api=ApiSettings(rate_per_key_per_second=1_000_000.0, rate_burst=1_000_000),
+    federation=FEDERATION,
+)
+
+
+@dataclass
+class Side:
+    name: str
+    served: Served
+    steward: SecretKey
+    node_key: SecretKey
+    members: dict[str, SecretKey]
+    clients: list[TallyClient] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+    @property
+    def node(self) -> Node:
+        return self.served.node
+
+    @property
+    def fed(self) -> Federation:
+        assert self.node.federation is not None
+        return self.node.federation
+
+    def client(self, key: SecretKey | None = None) -> TallyClient:
+        c = TallyClient(self.url, key, retries=0, timeout=20)
+        self.clients.append(c)
+        return c
+
+    def member(self, handle: str) -> TallyClient:
+        return self.client(self.members[handle])
+
+    def account(self, handle: str) -> dict[str, Any]:
+        """What the ledger holds for ``handle`` now (the API serves the same numbers)."""
+        a = self.node.ledger.accounts[handle]
+        return {"balance": a.balance, "pending_debit": a.pending_debit,
+                "pending_credit": a.pending_credit}
+
+    def balances(self) -> dict[str, tuple[int, int, int]]:
+        return {h: (a.balance, a.pending_debit, a.pending_credit)
+                for h, a in self.node.ledger.accounts.items()}
+
+    def held(self) -> list[str]:
+        return [k for k, h in self.node.ledger.holds.items() if h.state == "held"]
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        await self.served.close()
+
+
+@dataclass
+class Pair:
+    a: Side
+    b: Side
+    line: Line | None = None
+
+    @property
+    def peer_at_a(self) -> str:
+        return peer_handle(self.b.node_key.public)
+
+    @property
+    def peer_at_b(self) -> str:
+        return peer_handle(self.a.node_key.public)
+
+
+async def start_side(root: Path, name: str, unit: Unit, members: dict[str, tuple[int, int]],
+                     sides: list[Side]) -> Side:
+    data = root / name
+    await init_data_dir(data, name=name, unit=unit)
+    _, steward = read_key_file(data / "steward.key")
+    _, node_key = read_key_file(data / "node.key")
+    served = await serve(Node(data, CONFIG), "127.0.0.1", 0)
+    side = Side(name, served, steward, node_key, {})
+    sides.append(side)
+    admin = side.client()
+    for handle, (debit, credit) in members.items():
+        key = SecretKey(os.urandom(32))
+        side.members[handle] = key
+        receipt = await admin.admit(handle, key.public, [steward], debit, credit)
+        assert receipt["result"] == "ok"
+    return side
+
+
+async def agree_line(pair: Pair) -> Line:
+    a, b = pair.a, pair.b
+    proposed = await a.client(a.steward).propose_line(b.url, [a.steward], A_LIMIT, B_LIMIT,
+                                                      *RATE)
+    assert proposed["status"] == "proposed"
+    accepted = await b.client(b.steward).accept_line(proposed["line"], [b.steward])
+    assert accepted["status"] == "active"
+    line = a.fed.line_with(b.node_key.public)
+    assert line is not None and line.id == proposed["line"]
+    pair.line = line
+    return line
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A and B, each with two members, and no credit line yet."""
+    sides: list[Side] = []
+    try:
+        a = await start_side(tmp_path, "Riverside", MINUTES,
+                             {"alice": (10_000, 10_000), "ann": (10_000, 10_000)}, sides)
+        b = await start_side(tmp_path, "Greenway", CENTS,
+                             {"bob": (10_000, 10_000), "bea": (10_000, 50)}, sides)
+        yield Pair(a, b)
+    finally:
+        for side in sides:
+            await side.close()
+
+
+@pytest.fixture
+async def linked(pair: Pair) -> Pair:
+    await agree_line(pair)
+    return pair
+
+
+async def settled(*sides: Side, timeout: float = 5.0) -> None:
+    """Wait until no hold is pending on any side (decisions travel after the payer's answer)."""
+    deadline = time.monotonic() + timeout
+    while any(s.held() for s in sides):
+        assert time.monotonic() < deadline, [s.held() for s in sides]
+        await asyncio.sleep(0.02)
+
+
+def cost(amount_to: int) -> int:
+    """Minutes A's payer spends so that bob receives at least ``amount_to`` cents."""
+    num, den = RATE
+    return -(-amount_to * den // num)
+
+
+def converted(minutes: int) -> int:
+    num, den = RATE
+    return minutes * num // den
+
+
+async def refused(call: Any) -> TallyError:
+    with pytest.raises(TallyError) as info:
+        await call
+    return info.value
+
+
+# --- lines ---------------------------------------------------------------------------------
+
+
+async def test_a_line_agreed_shows_on_both_sides_with_each_sides_limits(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    before = await a.client(a.steward).lines()
+    assert before == {"lines": [], "proposals": []}
+    proposed = await a.client(a.steward).propose_line(b.url, [a.steward], A_LIMIT, B_LIMIT,
+                                                      *RATE)
+    listing = await b.client(b.steward).lines()
+    assert listing["lines"] == []
+    assert [p["id"] for p in listing["proposals"]] == [proposed["line"]]
+    await b.client(b.steward).accept_line(proposed["line"], [b.steward])
+
+    at_a = (await a.client(a.steward).lines())["lines"]
+    at_b = (await b.client(b.steward).lines())["lines"]
+    assert len(at_a) == len(at_b) == 1
+    la, lb = at_a[0], at_b[0]
+    assert la["id"] == lb["id"] == proposed["line"]
+    assert la["status"] == lb["status"] == "active"
+    assert (la["terms"], la["version"]) == (lb["terms"], lb["version"]) == (la["terms"], 1)
+    assert la["peer"]["node_key"] == b.node_key.public.text
+    assert lb["peer"]["node_key"] == a.node_key.public.text
+    assert la["peer_url"] == b.url and lb["peer_url"] == a.url
+    # A lets B owe it 3000 minutes, and may owe B 600 cents = 400 minutes; B the mirror.
+    assert (la["account"]["handle"], la["account"]["debit_limit"],
+            la["account"]["credit_limit"]) == (pair.peer_at_a, A_LIMIT, 400)
+    assert (lb["account"]["handle"], lb["account"]["debit_limit"],
+            lb["account"]["credit_limit"]) == (pair.peer_at_b, B_LIMIT, 4500)
+    # Members see the peer accounts too, at zero.
+    accounts = {x["handle"]: x for x in await a.member("alice").accounts()}
+    assert accounts[pair.peer_at_a]["balance"] == 0
+
+    # A second line between the same two collectives, proposed the other way, is refused.
+    other = await b.client(b.steward).propose_line(a.url, [b.steward], 100, 100)
+    err = await refused(a.client(a.steward).accept_line(other["line"], [a.steward]))
+    assert err.code == "line_exists"
+    assert [x["id"] for x in (await a.client(a.steward).lines())["lines"]] == [la["id"]]
+
+
+async def test_accepting_a_line_needs_the_accepting_stewards(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    await a.client(a.steward).propose_line(b.url, [a.steward], A_LIMIT, B_LIMIT)
+    listing = await b.client(b.steward).lines()
+    terms = parse_message(listing["proposals"][0]["terms"], frozenset({"line"}))
+    # Signed by A's steward (who is no steward of B) instead of B's.
+    body = {"line": sign_message(terms, a.steward).to_json(), "url": "", "action": "accept"}
+    err = await refused(b.client()._request("POST", "/v1/lines", body, idempotent=False))
+    assert (err.code, err.status) == ("not_enough_steward_signatures", 422)
+    assert (await b.client(b.steward).lines())["lines"] == []
+    assert a.fed.line_with(b.node_key.public) is None
+
+
+# --- payments ------------------------------------------------------------------------------
+
+
+async def test_a_payment_across_the_line_gives_a_receipt_the_payer_can_check(
+    linked: Pair,
+) -> None:
+    a, b = linked.a, linked.b
+    alice = a.member("alice")
+    receipt = await alice.pay_remote("alice", "bob", b.node_key.public, 100, 100)
+    assert receipt["result"] == "ok"
+    # The receipt: the destination's signed quote and the fulfilment that hashes to it.
+    quote = parse_signed(receipt["quote"], frozenset({"quote"}))
+    good, all_good = quote.verified_signers()
+    assert all_good and good == {b.node_key.public}
+    assert isinstance(quote.msg, Quote)
+    assert quote.msg.order == receipt["order"] and quote.msg.id == receipt["attempt"]
+    assert quote.msg.payee == "bob" and quote.msg.amount == 100
+    assert hashlib.sha256(bytes.fromhex(receipt["fulfilment"])).hexdigest() == \
+        quote.msg.condition
+    assert receipt["amount_paid"] == cost(100) == 67
+    assert receipt["amount_received"] == converted(67) == 100
+
+    await settled(a, b)
+    assert a.account("alice") == {"balance": -67, "pending_debit": 0, "pending_credit": 0}
+    assert a.account(linked.peer_at_a)["balance"] == 67
+    bob = b.member("bob")
+    assert (await bob.account("bob"))["balance"] == 100
+    assert b.account(linked.peer_at_b)["balance"] == -100
+    history = await bob.history("bob")
+    assert [(p["id"], p["amount"]) for p in history] == [(receipt["attempt"], 100)]
+    assert "alice@Riverside" in history[0]["counterparty"]
+    assert [(p["id"], p["amount"]) for p in await alice.history("alice")] == \
+        [(receipt["attempt"], -67)]
+
+    status = await alice.payment(receipt["order"])
+    assert [(x["attempt"], x["role"], x["hold"], x["result"]["result"])
+            for x in status["attempts"]] == [(receipt["attempt"], "source", "posted", "ok")]
+
+
+async def test_many_small_payments_convert_each_rounded_down_and_the_peer_accounts_mirror(
+    linked: Pair,
+) -> None:
+    a, b = linked.a, linked.b
+    alice, ann = a.member("alice"), a.member("ann")
+    bob = b.member("bob")
+    receipts = []
+    for amount in range(1, 16):
+        payer = (alice, "alice") if amount % 2 else (ann, "ann")
+        receipts.append(await payer[0].pay_remote(payer[1], "bob", b.node_key.public, amount,
+                                                  amount))
+    # And the other way: bob pays alice minutes, spending cents.
+    back = [await bob.pay_remote("bob", "alice", a.node_key.public, m, 10 * m) for m in (1, 2, 5)]
+    await settled(a, b)
+
+    paid = [r["amount_paid"] for r in receipts]
+    assert paid == [cost(x) for x in range(1, 16)]
+    got = [converted(p) for p in paid]
+    assert all(g >= x for g, x in zip(got, range(1, 16)))
+    assert [r["amount_received"] for r in receipts] == got
+    # Per payment, rounded down: not the same as converting the total.
+    assert sum(got) != converted(sum(paid))
+    back_paid = [r["amount_paid"] for r in back]  # cents bob spent: 3/2 per minute, rounded up
+    assert back_paid == [2, 3, 8]
+    back_got = [p * 2 // 3 for p in back_paid]  # minutes alice receives, rounded down
+    assert back_got == [1, 2, 5]
+
+    assert a.account(linked.peer_at_a)["balance"] == sum(paid) - sum(back_got)
+    assert b.account(linked.peer_at_b)["balance"] == -sum(got) + sum(back_paid)
+    assert (await bob.account("bob"))["balance"] == sum(got) - sum(back_paid)
+    alice_spent = sum(p for i, p in enumerate(paid) if i % 2 == 0)
+    assert a.account("alice")["balance"] == -alice_spent + sum(back_got)
+    credits = {p["id"]: p["amount"] for p in await bob.history("bob") if p["amount"] > 0}
+    assert credits == {r["attempt"]: g for r, g in zip(receipts, got)}
+    for side in (a, b):
+        assert sum(x.balance for x in side.node.ledger.accounts.values()) == 0
+
+
+async def test_a_payment_beyond_the_line_is_refused_and_moves_nothing(linked: Pair) -> None:
+    a, b = linked.a, linked.b
+    before_a, before_b = a.balances(), b.balances()
+    # 700 cents cost 467 minutes; A may owe B only 400. Alice's own limits allow it.
+    err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 700, 700))
+    assert err.code in LINE_FULL and err.status == 422
+    await asyncio.sleep(0.2)
+    assert (a.balances(), b.balances()) == (before_a, before_b)
+    assert a.held() == b.held() == []
+    # Just within the line, it goes through.
+    ok = await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 600, 600)
+    assert ok["amount_paid"] == 400
+    await settled(a, b)
+    assert a.account(linked.peer_at_a)["balance"] == 400
+    err = await refused(a.member("ann").pay_remote("ann", "bob", b.node_key.public, 2, 2))
+    assert err.code in LINE_FULL
+
+
+async def test_a_payee_over_their_limit_is_refused_by_their_collective_and_nothing_moves(
+    linked: Pair,
+) -> None:
+    a, b = linked.a, linked.b
+    before_a, before_b = a.balances(), b.balances()
+    # bea may hold at most 50 cents: A holds alice's minutes, B refuses with a REJECT.
+    alice = a.member("alice")
+    err = await refused(alice.pay_remote("alice", "bea", b.node_key.public, 60, 60))
+    assert err.code == "exceeds_credit_limit"
+    await settled(a, b)
+    assert (a.balances(), b.balances()) == (before_a, before_b)
+    voided = [h for h in a.node.ledger.holds.values()]
+    assert [h.state for h in voided] == ["voided"]
+    assert await alice.history("alice") == []
+
+
+@pytest.mark.parametrize("case", ["unknown_payee", "no_line", "expired", "max_pay"])
+async def test_payments_that_cannot_be_made_are_refused_with_their_code_and_hold_nothing(
+    linked: Pair, case: str,
+) -> None:
+    a, b = linked.a, linked.b
+    alice = a.member("alice")
+    node_key = b.node_key.public
+    payee, amount, max_pay, valid_for = "bob", 100, 100, 60_000
+    expected = {"unknown_payee": "account_not_found", "no_line": "no_route",
+                "expired": "expired", "max_pay": "exceeds_max_pay"}[case]
+    if case == "unknown_payee":
+        payee = "nobody"
+    elif case == "no_line":
+        node_key = SecretKey(os.urandom(32)).public
+    elif case == "expired":
+        valid_for = -1000
+    else:
+        max_pay = 66  # it costs 67
+    before_a, before_b = a.balances(), b.balances()
+    err = await refused(alice.pay_remote("alice", payee, node_key, amount, max_pay, valid_for))
+    assert (err.code, err.status) == (expected, 422)
+    assert a.node.ledger.holds == {} and b.node.ledger.holds == {}
+    assert (a.balances(), b.balances()) == (before_a, before_b)
+
+
+async def test_a_suspended_line_carries_no_new_payments(linked: Pair) -> None:
+    a, b = linked.a, linked.b
+    line = linked.line
+    assert line is not None
+    await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30)
+    # Version 2 of the same terms, suspended: proposed by A's stewards, accepted by B's.
+    await a.client(a.steward).change_line(line.id, [a.steward], status="suspended")
+    accepted = await b.client(b.steward).accept_line(line.id, [b.steward])
+    assert (accepted["version"], accepted["status"]) == (2, "suspended")
+    for side in (a, b):
+        listed = (await side.client(side.steward).lines())["lines"]
+        assert [(x["id"], x["version"], x["status"]) for x in listed] == \
+            [(line.id, 2, "suspended")]
+    await settled(a, b)
+    before_a, before_b = a.balances(), b.balances()
+    err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30))
+    assert err.code == "line_suspended"
+    err = await refused(b.member("bob").pay_remote("bob", "alice", a.node_key.public, 5, 50))
+    assert err.code == "line_suspended"
+    assert (a.balances(), b.balances()) == (before_a, before_b)
+    # The balance from before the suspension stays.
+    assert a.account(linked.peer_at_a)["balance"] == cost(30)
+    # Version 3, active again (proposed by B this time): payments go through.
+    await b.client(b.steward).change_line(line.id, [b.steward], status="active")
+    await a.client(a.steward).accept_line(line.id, [a.steward])
+    assert a.fed.line_with(b.node_key.public).status == "active"  # type: ignore[union-attr]
+    receipt = await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30)
+    assert receipt["result"] == "ok"
+    await settled(a, b)
+    assert a.account(linked.peer_at_a)["balance"] == 2 * cost(30)
+
+
+async def test_the_source_voids_at_expiry_when_the_destination_never_answers(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a, b = linked.a, linked.b
+    original = a.fed._peer_post
+    stopped: list[bool] = []
+
+    async def stop_b_before_prepare(key_id: str, path: str, body: dict[str, Any]) -> Any:
+        if path == "/v1/peer/prepare" and not stopped:
+            # A has logged its hold and is about to send PREPARE: B goes away for good.
+            assert [h.state for h in a.node.ledger.holds.values()] == ["held"]
+            stopped.append(True)
+            await b.served.close()
+        return await original(key_id, path, body)
+
+    a.fed._peer_post = stop_b_before_prepare  # type: ignore[method-assign]
+    alice = a.member("alice")
+    order_ids = capture_order_ids(monkeypatch)
+    started = time.monotonic()
+    err = await refused(alice.pay_remote("alice", "bob", b.node_key.public, 100, 100))
+    elapsed = time.monotonic() - started
+    assert stopped
+    assert (err.code, err.status) == ("expired", 422)
+    # Not before the hold's expiry (the payment timeout), and not much after.
+    assert FEDERATION.payment_timeout_ms / 1000 - 0.3 <= elapsed < 6
+    assert a.account("alice") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+    assert a.account(linked.peer_at_a) == {"balance": 0, "pending_debit": 0,
+                                           "pending_credit": 0}
+    assert [h.state for h in a.node.ledger.holds.values()] == ["voided"]
+    (order_id,) = order_ids
+    status = await alice.payment(order_id)
+    assert [(x["hold"], x["result"]["result"]) for x in status["attempts"]] == \
+        [("voided", "expired")]
+    # Alice can spend the released amount elsewhere at once.
+    assert (await alice.account("alice"))["pending_debit"] == 0
+
+
+def capture_order_ids(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The order ids the client makes (to ask GET /v1/payments/{order} after a refusal)."""
+    import node.client as client_module
+
+    ids: list[str] = []
+    original = client_module.new_id
+
+    def recording() -> str:
+        ids.append(original())
+        return ids[-1]
+
+    monkeypatch.setattr(client_module, "new_id", recording)
+    return ids
+
+
+# --- hostile peers --------------------------------------------------------------------------
+
+
+@dataclass
+class Hostile:
+    """A's node key in the hands of a test: signed requests to B as A would send them."""
+
+    pair: Pair
+    session: aiohttp.ClientSession
+
+    async def send(self, path: str, body: Any, *, key: SecretKey | None = None,
+                   recipient: str | None = None, created: int | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        b = self.pair.b
+        data = canonical_json(body)
+        if headers is None:
+            headers = sign_request(
+                key or self.pair.a.node_key, method="POST", path=path, query="", body=data,
+                recipient_key_id=recipient or b.node_key.public.key_id,
+                created=int(time.time()) if created is None else created,
+                nonce=b64url(os.urandom(16)),
+            )
+            headers["Content-Type"] = "application/json"
+        async with self.session.post(b.url + path, data=data, headers=headers) as resp:
+            return resp.status, await resp.json(), headers
+
+    def order(self, amount: int, payee: str = "bob") -> Signed:
+        a, b = self.pair.a, self.pair.b
+        msg = PaymentOrder(a.node.ledger.ledger_id, new_id(), "alice", payee,
+                           b.node_key.public, amount, 10 * amount,
+                           int(time.time() * 1000) + 60_000)
+        return sign_message(msg, a.members["alice"])
+
+    async def quote(self, order: Signed) -> Signed:
+        status, doc, _ = await self.send("/v1/peer/quote", {"order": order.to_json(),
+                                                             "attempt": new_id()})
+        assert status == 200, doc
+        return parse_signed(doc["quote"], frozenset({"quote"}))
+
+    def prepare(self, order: Signed, quote: Signed, amount_from: int | None = None,
+                *, signer: SecretKey | None = None, from_node: Any = None) -> Signed:
+        a, b, line = self.pair.a, self.pair.b, self.pair.line
+        assert line is not None and isinstance(quote.msg, Quote)
+        assert isinstance(order.msg, PaymentOrder)
+        sent = cost(order.msg.amount) if amount_from is None else amount_from
+        msg = Prepare(quote.msg.id, line.id, from_node or a.node_key.public, b.node_key.public,
+                      sent, converted(sent), quote.msg.condition,
+                      int(time.time() * 1000) + 2000, order, quote)
+        return sign_message(msg, signer or a.node_key)
+
+    async def send_prepare(self, prepare: Signed) -> tuple[int, Any]:
+        status, doc, _ = await self.send("/v1/peer/prepare", {"prepare": prepare.to_json()})
+        return status, doc
+
+
+@pytest.fixture
+async def hostile(linked: Pair) -> AsyncIterator[Hostile]:
+    async with aiohttp.ClientSession() as session:
+        yield Hostile(linked, session)
+
+
+def answer(doc: Any, b: Side) -> Signed:
+    """The FULFIL or REJECT in a PREPARE's answer, checked to be signed by B's node."""
+    (kind,) = doc.keys()
+    signed = parse_signed(doc[kind], frozenset({kind}))
+    good, all_good = signed.verified_signers()
+    assert all_good and good == {b.node_key.public}
+    return signed
+
+
+async def test_a_forged_fulfilment_is_refused_and_the_payer_is_not_charged(linked: Pair) -> None:
+    a, b = linked.a, linked.b
+
+    async def forge(signed: Signed, sender: Any) -> Signed:
+        # B turns hostile: it claims the payment with a fulfilment that fits no condition.
+        return sign_message(Fulfil(signed.msg.id, os.urandom(32).hex()),  # type: ignore[union-attr]
+                            b.node_key)
+
+    b.fed.receive_prepare = forge  # type: ignore[method-assign]
+    alice = a.member("alice")
+    err = await refused(alice.pay_remote("alice", "bob", b.node_key.public, 100, 100))
+    assert err.code == "expired"
+    assert a.account("alice") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+    assert a.account(linked.peer_at_a)["balance"] == 0
+    assert [h.state for h in a.node.ledger.holds.values()] == ["voided"]
+    assert await alice.history("alice") == []
+    assert b.node.ledger.holds == {}
+
+
+async def test_a_prepare_beyond_the_line_is_refused_with_a_signed_reject(
+    hostile: Hostile,
+) -> None:
+    b = hostile.pair.b
+    before = b.balances()
+    # 700 cents: B lets A owe it 600.
+    order = hostile.order(700)
+    status, doc = await hostile.send_prepare(hostile.prepare(order, await hostile.quote(order)))
+    if status == 200:
+        reject = answer(doc, b)
+        assert reject.msg.type == "reject"
+        assert reject.msg.code in LINE_FULL  # type: ignore[union-attr]
+    else:
+        assert 400 <= status < 500 and doc["code"] in LINE_FULL
+    assert b.balances() == before and b.held() == []
+
+
+async def test_a_replayed_peer_request_is_refused(hostile: Hostile) -> None:
+    b = hostile.pair.b
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, headers = await hostile.send("/v1/peer/quote", body)
+    assert status == 200 and "quote" in doc
+    quotes = await count_quotes(b)
+    status, doc, _ = await hostile.send("/v1/peer/quote", body, headers=headers)
+    assert (status, doc["code"]) == (401, "replayed_request")
+    assert await count_quotes(b) == quotes
+
+
+async def count_quotes(side: Side) -> int:
+    assert side.node.reader is not None
+    async with side.node.reader.execute("SELECT count(*) FROM quotes") as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_request_signed_for_another_node_is_refused(hostile: Hostile) -> None:
+    a, b = hostile.pair.a, hostile.pair.b
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, _ = await hostile.send("/v1/peer/quote", body,
+                                        recipient=a.node_key.public.key_id)
+    assert (status, doc["code"]) == (401, "wrong_recipient")
+    assert await count_quotes(b) == 0
+
+
+async def test_a_request_from_a_node_without_a_line_is_refused(hostile: Hostile) -> None:
+    b = hostile.pair.b
+    stranger = SecretKey(os.urandom(32))
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, _ = await hostile.send("/v1/peer/quote", body, key=stranger)
+    assert (status, doc["code"]) == (422, "unknown_peer")
+    # Its PREPARE fares no better, even carrying a quote B really made for A.
+    order = hostile.order(10)
+    prepare = hostile.prepare(order, await hostile.quote(order), signer=stranger,
+                              from_node=stranger.public)
+    status, doc, _ = await hostile.send("/v1/peer/prepare", {"prepare": prepare.to_json()},
+                                        key=stranger)
+    assert (status, doc["code"]) == (422, "unknown_peer")
+    assert b.held() == [] and await count_quotes(b) == 1
+
+
+@pytest.mark.parametrize("offset", [-600, 600])
+async def test_a_peer_whose_clock_is_off_is_refused(hostile: Hostile, offset: int) -> None:
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, _ = await hostile.send("/v1/peer/quote", body,
+                                        created=int(time.time()) + offset)
+    assert (status, doc["code"]) == (422, "clock_skew")
+    assert await count_quotes(hostile.pair.b) == 0
+
+
+async def test_a_prepare_not_signed_by_its_sending_node_is_refused(hostile: Hostile) -> None:
+    a, b = hostile.pair.a, hostile.pair.b
+    rogue = SecretKey(os.urandom(32))
+    before = b.balances()
+    # Sent by A's node, naming A as the sender, but signed by some other key.
+    order = hostile.order(10)
+    status, doc = await hostile.send_prepare(hostile.prepare(order, await hostile.quote(order),
+                                                             signer=rogue))
+    if status == 200:
+        reject = answer(doc, b)
+        assert reject.msg.type == "reject"
+        assert reject.msg.code == "bad_signature"  # type: ignore[union-attr]
+    else:
+        assert 400 <= status < 500, doc
+    # Sent by A's node, naming (and signed by) another node as the sender.
+    order = hostile.order(10)
+    status, doc = await hostile.send_prepare(hostile.prepare(
+        order, await hostile.quote(order), signer=rogue, from_node=rogue.public))
+    assert (status, doc["code"]) == (422, "not_a_party")
+    assert b.balances() == before and b.held() == []
+    assert a.held() == []
+
+
+async def test_the_destination_fulfils_at_most_one_attempt_per_order(hostile: Hostile) -> None:
+    b = hostile.pair.b
+    order = hostile.order(100)
+    q1, q2 = await hostile.quote(order), await hostile.quote(order)
+    status, doc = await hostile.send_prepare(hostile.prepare(order, q1))
+    assert status == 200 and answer(doc, b).msg.type == "fulfil"
+    status, doc = await hostile.send_prepare(hostile.prepare(order, q2))
+    assert status == 200
+    second = answer(doc, b)
+    assert second.msg.type == "reject" and second.msg.code == "exists"  # type: ignore[union-attr]
+    status, doc, _ = await hostile.send("/v1/peer/quote", {"order": order.to_json(),
+                                                           "attempt": new_id()})
+    assert (status, doc["code"]) == (422, "exists")
+    assert b.account("bob")["pending_credit"] == 100
+    # The upstream's decision posts the one fulfilled attempt: bob is credited once.
+    decision = sign_message(Decision(q1.msg.id, "post"), hostile.pair.a.node_key)  # type: ignore[union-attr]
+    status, doc, _ = await hostile.send("/v1/peer/decision", {"decision": decision.to_json()})
+    assert status == 200, doc
+    assert b.account("bob") == {"balance": 100, "pending_debit": 0, "pending_credit": 0}
+
+
+async def test_concurrent_attempts_of_one_order_are_not_both_fulfilled(hostile: Hostile) -> None:
+    b = hostile.pair.b
+    order = hostile.order(20)
+    quotes = [await hostile.quote(order) for _ in range(4)]
+    answers = await asyncio.gather(*(hostile.send_prepare(hostile.prepare(order, q))
+                                     for q in quotes))
+    kinds = sorted(answer(doc, b).msg.type for status, doc in answers if status == 200)
+    assert kinds.count("fulfil") == 1, answers
+    assert b.account("bob")["pending_credit"] == converted(cost(20)) == 21
+
+
+async def test_a_void_for_an_attempt_never_prepared_here_is_acknowledged(
+    hostile: Hostile,
+) -> None:
+    b = hostile.pair.b
+    before = b.balances()
+    # A voided at expiry a PREPARE that never reached B: B follows (nothing is held), so A
+    # can stop resending; a "post" for it is refused.
+    attempt = new_id()
+    void = sign_message(Decision(attempt, "void"), hostile.pair.a.node_key)
+    status, doc, _ = await hostile.send("/v1/peer/decision", {"decision": void.to_json()})
+    assert (status, doc) == (200, {"id": attempt, "ack": "void"})
+    post = sign_message(Decision(new_id(), "post"), hostile.pair.a.node_key)
+    status, doc, _ = await hostile.send("/v1/peer/decision", {"decision": post.to_json()})
+    assert (status, doc["code"]) == (422, "hold_not_found")
+    assert b.balances() == before and b.node.ledger.holds == {}
+
+
+# --- a node that stops between two writes -----------------------------------------------------
+
+
+async def restart(side: Side) -> None:
+    """Stop the side's node and start it again on the same data directory and port."""
+    port = int(side.url.rsplit(":", 1)[1])
+    data = side.node.data_dir
+    await side.served.close()
+    side.served = await serve(Node(data, CONFIG), "127.0.0.1", port)
+
+
+async def test_a_source_stopped_after_logging_the_fulfilment_resumes_it_as_paid(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The FULFIL entry is in A's log but the payment's state was not stored: after a
+    restart past the expiry, A must not void what its books posted (and tell B to void)."""
+    a, b = linked.a, linked.b
+    original = a.fed._store
+    stopped: list[str] = []
+
+    async def stop_before_storing_the_post(record: Any, extra: Any = None) -> None:
+        if record.payment.role.value == "source" and record.payment.outbound.value == "posted" \
+                and not stopped:
+            stopped.append(record.payment.id)
+            record.done.set()
+            raise RuntimeError("the node stops here")
+        await original(record, extra)
+
+    monkeypatch.setattr(a.fed, "_store", stop_before_storing_the_post)
+    order_ids = capture_order_ids(monkeypatch)
+    await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
+    (attempt,) = stopped
+    assert a.node.ledger.holds[f"{attempt}/out"].state == "posted"
+    assert b.account("bob")["pending_credit"] == 100  # B awaits A's decision
+    expires = a.node.ledger.holds[f"{attempt}/out"].expires_at
+    await a.served.close()
+    await asyncio.sleep(max(0.0, (expires - time.time() * 1000) / 1000) + 0.3)
+    await restart(a)
+
+    await settled(a, b)
+    deadline = time.monotonic() + 5
+    while b.account("bob")["pending_credit"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert a.account("alice")["balance"] == -67
+    assert b.account("bob") == {"balance": 100, "pending_debit": 0, "pending_credit": 0}
+    assert (a.account(linked.peer_at_a)["balance"], b.account(linked.peer_at_b)["balance"]) \
+        == (67, -100)
+    status = await a.member("alice").payment(order_ids[0])
+    assert [(x["hold"], x["result"]["result"]) for x in status["attempts"]] == [("posted", "ok")]
+
+
+async def test_a_source_stopped_before_holding_resumes_the_payment_on_both_books(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stored the payment but stopped before its hold was logged: after a restart it must
+    not send a PREPARE (and let B credit bob) with nothing held on its own books."""
+    a, b = linked.a, linked.b
+    original = a.fed._log
+    stopped: list[str] = []
+
+    async def stop_before_the_hold(signed: Signed) -> Any:
+        if isinstance(signed.msg, Prepare) and not stopped:
+            stopped.append(signed.msg.id)
+            raise RuntimeError("the node stops here")
+        return await original(signed)
+
+    monkeypatch.setattr(a.fed, "_log", stop_before_the_hold)
+    order_ids = capture_order_ids(monkeypatch)
+    err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100))
+    assert err.status == 500  # the payer does not know: it must ask, not pay again
+    assert a.node.ledger.holds == {}
+    await restart(a)
+
+    deadline = time.monotonic() + 5
+    while True:
+        status = await a.member("alice").payment(order_ids[0])
+        (attempt,) = status["attempts"]
+        if attempt["result"] is not None:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await settled(a, b)
+    await asyncio.sleep(0.6)  # a decision, if any, is delivered within a tick
+    assert b.held() == []
+    paid = attempt["result"]["result"] == "ok"
+    assert a.account("alice")["balance"] == (-67 if paid else 0)
+    assert b.account("bob") == {"balance": 100 if paid else 0, "pending_debit": 0,
+                                "pending_credit": 0}
+    assert (a.account(linked.peer_at_a)["balance"], b.account(linked.peer_at_b)["balance"]) \
+        == ((67, -100) if paid else (0, 0))
