@@ -268,8 +268,8 @@ def _on_fulfil_received(p: Payment, f: bytes, now: int) -> tuple[Payment, list[A
     assert p.outbound_expiry is not None
     if now >= p.outbound_expiry:
         # Our clock alone decides: the fulfilment came too late.
-        voided, actions = _void_outbound(p)
-        return voided, actions + [RecordLateFulfilment(f)]
+        voided, void_actions = _void_outbound(p)
+        return voided, [*void_actions, RecordLateFulfilment(f)]
     actions: list[Action] = [SendDecision("post")]
     new = replace(p, outbound=Out.posted, fulfilment=f)
     if p.role == Role.source:
