@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
-
-import os
 
 from crypto.keys import SecretKey
 from protocol.federation import Line
