@@ -41,6 +41,8 @@ entry payload          signed by               effect on this ledger
 ``line``               both nodes + stewards   open or change the peer account's limits
 ``prepare``            this node (source)      hold: payer → peer (payer's debit, peer's credit)
 ``prepare``            the peer (upstream)     hold: peer → payee (we are the destination)
+``prepare``            the peer (upstream)     hold: peer → ``~routing`` (we forward it)
+``prepare``            this node (forwarding)  hold: ``~routing`` → next peer
 ``fulfil``             the downstream peer     post our outbound hold (valid, before expiry)
 ``reject``             the downstream peer     void our outbound hold
 ``decision`` (void)    this node               void our outbound hold (its expiry passed)
@@ -197,6 +199,8 @@ class Prepare:
     expires_at: int
     order: Signed
     quote: Signed
+    # The nodes after ``to_node``, to the destination: empty when ``to_node`` is the payee's.
+    path: tuple[PublicKey, ...] = ()
     type: str = "prepare"
 
     def to_json(self) -> dict[str, Any]:
@@ -204,7 +208,8 @@ class Prepare:
                 "from_node": self.from_node.text, "to_node": self.to_node.text,
                 "amount_from": self.amount_from, "amount_to": self.amount_to,
                 "condition": self.condition, "expires_at": self.expires_at,
-                "order": self.order.to_json(), "quote": self.quote.to_json()}
+                "order": self.order.to_json(), "quote": self.quote.to_json(),
+                "path": [k.text for k in self.path]}
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,19 @@ def _choice(*options: str) -> Checker:
     return check
 
 
+MAX_HOPS = 8
+
+
+def _path(field: str, value: Any) -> tuple[PublicKey, ...]:
+    if not isinstance(value, list) or len(value) > MAX_HOPS - 1:
+        raise MessageError(ResultCode.invalid_field,
+                           f"{field} must list at most {MAX_HOPS - 1} node keys", field)
+    keys = tuple(public_key(f"{field}[{i}]", v) for i, v in enumerate(value))
+    if len(set(keys)) != len(keys):
+        raise MessageError(ResultCode.invalid_field, f"{field} names a node twice", field)
+    return keys
+
+
 POSITIVE = integer(1, MAX_AMOUNT)
 register_message("line", Line, {
     "type": literal("line"), "id": hex128, "version": integer(1, 2**31),
@@ -277,6 +295,7 @@ register_message("prepare", Prepare, {
     "to_node": public_key, "amount_from": POSITIVE, "amount_to": POSITIVE,
     "condition": hex256, "expires_at": timestamp,
     "order": _signed(frozenset({"payment_order"})), "quote": _signed(frozenset({"quote"})),
+    "path": _path,
 })
 register_message("fulfil", Fulfil, {"type": literal("fulfil"), "id": hex128,
                                     "fulfilment": hex256})
@@ -298,4 +317,7 @@ def peer_handle(node_key: PublicKey) -> str:
     return "~" + node_key.key_id
 
 
-LOSS_ACCOUNT = "~losses"
+ROUTING_ACCOUNT = "~routing"
+"""An intermediary's own account for payments it forwards: credited by what it receives
+upstream, debited by what it pays downstream. It stays at zero, except by a loss (it paid
+downstream, and its upstream voided) — each logged as a dispute with its evidence."""

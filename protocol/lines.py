@@ -17,7 +17,8 @@ from typing import Literal
 from crypto.keys import PublicKey
 from protocol.codes import ResultCode
 from protocol.federation import (
-    LOSS_ACCOUNT,
+    MAX_AMOUNT,
+    ROUTING_ACCOUNT,
     Decision,
     Fulfil,
     Line,
@@ -209,11 +210,18 @@ def apply_prepare(state: LedgerState, signed: Signed, now: int, sigcheck: SigChe
     if quote.amount < order.amount:
         return _refuse(ResultCode.quote_mismatch, "the quote is for less than the order")
 
+    if (p.path[-1] if p.path else p.to_node) != order.payee_node:
+        return _refuse(ResultCode.quote_mismatch, "the path does not end at the payee's node")
+    if ours in p.path or p.from_node in p.path:
+        return _refuse(ResultCode.invalid_field, "the path goes through a node twice")
+
     if p.from_node == ours:
+        if f"{p.id}/in" in state.holds:
+            return _hold_forward(state, signed, p, key)
         return _hold_out(state, signed, p, order, key, now)
-    if order.payee_node != ours:
-        return _refuse(ResultCode.no_route, "this node forwards no payments yet")
-    return _hold_in(state, signed, p, quote, key, now)
+    if order.payee_node == ours:
+        return _hold_in(state, signed, p, quote, key, now)
+    return _hold_transit(state, signed, p, order, key, now)
 
 
 def _hold_out(
@@ -232,7 +240,8 @@ def _hold_out(
     if p.amount_from > order.max_pay:
         return _refuse(ResultCode.exceeds_max_pay,
                        f"it costs {p.amount_from}; the payer allowed at most {order.max_pay}")
-    if p.amount_to < order.amount:
+    if not p.path and p.amount_to < order.amount:
+        # Through intermediaries the destination checks this, in its unit.
         return _refuse(ResultCode.quote_mismatch, "the PREPARE delivers less than the order")
     if payer.status != "open":
         return _refuse(ResultCode.account_closed, f"{payer.handle!r} is closed")
@@ -277,6 +286,71 @@ def _hold_in(
     state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, payee.handle, p.amount_to,
                                  p.condition, p.expires_at, _label(state, p, order.payer))
     return _record(state, key, digest(signed), (peer.handle, payee.handle))
+
+
+def _routing_account(state: LedgerState) -> Account:
+    account = state.accounts.get(ROUTING_ACCOUNT)
+    if account is None:
+        account = state.accounts[ROUTING_ACCOUNT] = Account(
+            ROUTING_ACCOUNT, "internal", None, MAX_AMOUNT, MAX_AMOUNT)
+    return account
+
+
+def _hold_transit(
+    state: LedgerState, signed: Signed, p: Prepare, order: PaymentOrder, key: str, now: int
+) -> Outcome:
+    """We forward it: what the upstream peer sends is held against its line, to be paid on
+    downstream from our routing account."""
+    if p.expires_at <= now:
+        return _refuse(ResultCode.expired, "the PREPARE expired before it arrived")
+    if not p.path:
+        return _refuse(ResultCode.no_route, "the payee is not a member here and no path follows")
+    line = _line_for_peer(state, p.path[0])
+    if line is None:
+        return _refuse(ResultCode.no_route, "no credit line with the next collective on the path")
+    if line.status != "active":
+        return _refuse(ResultCode.line_suspended,
+                       f"the credit line with {line.other(state.genesis.node_key).name} "
+                       "is suspended")
+    peer = state.accounts[peer_handle(p.from_node)]
+    refusal = _check_limits(state, peer, debit=p.amount_to)
+    if refusal:
+        return refusal
+    routing = _routing_account(state)
+    peer.pending_debit += p.amount_to
+    routing.pending_credit += p.amount_to
+    hold_key = f"{p.id}/in"
+    state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, routing.handle, p.amount_to,
+                                 p.condition, p.expires_at, _label(state, p, order.payer))
+    return _record(state, key, digest(signed), (peer.handle, routing.handle))
+
+
+def _hold_forward(state: LedgerState, signed: Signed, p: Prepare, key: str) -> Outcome:
+    """We forward what we hold inbound: no more than we received, expiring sooner."""
+    inbound = state.holds[f"{p.id}/in"]
+    if inbound.state != "held":
+        return _refuse(ResultCode.hold_resolved, f"the inbound hold was already {inbound.state}")
+    if inbound.debit == peer_handle(p.to_node):
+        return _refuse(ResultCode.invalid_field, "a payment is not sent back where it came from")
+    if p.condition != inbound.condition:
+        return _refuse(ResultCode.quote_mismatch, "the forward has another condition")
+    if p.expires_at >= inbound.expires_at:
+        return _refuse(ResultCode.insufficient_time,
+                       "a forwarded PREPARE must expire before the one it forwards")
+    if p.amount_from > inbound.amount:
+        return _refuse(ResultCode.exceeds_max_pay,
+                       f"forwards {p.amount_from}, more than the {inbound.amount} received")
+    peer = state.accounts[peer_handle(p.to_node)]
+    refusal = _check_limits(state, peer, credit=p.amount_from)
+    if refusal:
+        return refusal
+    routing = _routing_account(state)
+    routing.pending_debit += p.amount_from
+    peer.pending_credit += p.amount_from
+    hold_key = f"{p.id}/out"
+    state.holds[hold_key] = Hold(hold_key, p.line, routing.handle, peer.handle, p.amount_from,
+                                 p.condition, p.expires_at, inbound.counterparty)
+    return _record(state, key, digest(signed), (routing.handle, peer.handle))
 
 
 def _label(state: LedgerState, p: Prepare, handle: str) -> str:
@@ -384,4 +458,4 @@ def apply_federation(
     return _refuse(ResultCode.invalid_field, f"{msg.type} is not a log entry")
 
 
-__all__ = ["apply_federation", "event_key", "LOSS_ACCOUNT"]
+__all__ = ["apply_federation", "event_key", "ROUTING_ACCOUNT"]
