@@ -452,42 +452,35 @@ def cmd_act_submit(args: argparse.Namespace) -> None:
 # --- members ----------------------------------------------------------------------------------
 
 
-def _find_line(listing: dict[str, Any], where: str) -> dict[str, Any]:
-    """A line by the other collective's node key, key id, or pinned name (a label only: the
-    key it stands for was pinned when the line was signed)."""
-    matches = [
-        line for line in listing["lines"]
-        if where in (line["peer"]["node_key"], line["peer"]["node_key"][:16])
-        or line["peer"]["name"].lower().startswith(where.lower())
-        or PublicKey.parse(line["peer"]["node_key"]).key_id.startswith(where.lower())
-    ]
-    if not matches:
-        names = ", ".join(line["peer"]["name"] for line in listing["lines"]) or "none yet"
-        raise CliError(f"no credit line with {where!r} (lines with: {names}); "
-                       "see `tally peer list`")
-    if len(matches) > 1:
-        raise CliError(f"{where!r} names several collectives; use its node key")
-    return matches[0]
-
-
 async def _pay_across(args: argparse.Namespace, client: TallyClient, info: NodeInfo,
                       home: Home, payee: str, where: str) -> None:
+    """Pay a member of another collective: directly over a credit line with it, or through
+    collectives in between. ``where`` is its node key, key id, or the start of its name."""
     payer = await my_handle(args, client, home)
-    line = _find_line(await client.lines(), where)
-    terms = line["terms"]
-    their_unit = Unit(**line["peer"]["unit"])
+    try:
+        found = await client.routes(where)
+    except TallyError as exc:
+        if exc.code == "not_found":
+            raise CliError(f"{exc.detail}; a collective is known once this one, or one of "
+                           "its peers, has a credit line with it (`tally peer list`)") from exc
+        raise
+    collective = found["collective"]
+    their_unit = Unit(**collective["unit"])
     amount = amount_arg(args.amount, their_unit, "amount")
-    ours_is_a = terms["a"]["node_key"] == info.node_key.text
-    num, den = (terms["rate_num"], terms["rate_den"]) if ours_is_a else (
-        terms["rate_den"], terms["rate_num"])
-    cost = -(-amount * den // num)  # what it costs us, rounded up, as the node computes it
+    options = (await client.routes(collective["node_key"], amount)).get("routes", [])
+    if not options:
+        raise CliError(f"no path of active credit lines reaches {collective['name']} now; "
+                       "see `tally peer list`")
+    cost = options[0]["cost"]  # what the cheapest route costs us, rounded up at every hop
     max_pay = amount_arg(args.max, info.unit, "--max") if args.max else cost
-    receipt = await client.pay_remote(payer, payee, PublicKey.parse(line["peer"]["node_key"]),
+    receipt = await client.pay_remote(payer, payee, PublicKey.parse(collective["node_key"]),
                                       amount, max_pay)
+    via = receipt.get("route", [])[1:-1]
     emit(
         args,
-        f"Paid {format_amount(amount, their_unit)} to {payee}@{line['peer']['name']} "
-        f"(cost {format_amount(receipt['amount_paid'], info.unit)}; order {receipt['order']})",
+        f"Paid {format_amount(amount, their_unit)} to {payee}@{collective['name']}"
+        + (f" via {', '.join(via)}" if via else "")
+        + f" (cost {format_amount(receipt['amount_paid'], info.unit)}; order {receipt['order']})",
         receipt,
     )
 

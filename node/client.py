@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import yarl
@@ -348,6 +349,12 @@ class TallyClient:
 
     async def payment(self, order_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/v1/payments/{order_id}", signed=True))[1]  # type: ignore[no-any-return]
+
+    async def routes(self, to: str, amount: int | None = None) -> dict[str, Any]:
+        """Which collective ``to`` names (node key, key id, or the start of its name), and
+        with ``amount`` (in its unit) the routes a payment to it would try, with their cost."""
+        query = urlencode({"to": to, **({"amount": str(amount)} if amount is not None else {})})
+        return (await self._request("GET", f"/v1/routes?{query}", signed=True))[1]  # type: ignore[no-any-return]
 
     async def lines(self) -> dict[str, Any]:
         return (await self._request("GET", "/v1/lines", signed=True))[1]  # type: ignore[no-any-return]

@@ -75,6 +75,11 @@ class FederationSettings:
     max_in_flight_value: int = 1_000_000
     max_in_flight_count: int = 100
     max_hold_ms: int = 120000
+    # Payments through other collectives: at most this many lines on a path, this many
+    # paths tried per payment; how often to ask peers which lines they know.
+    max_hops: int = 4
+    max_routes: int = 3
+    graph_refresh_ms: int = 30000
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,9 @@ class Config:
             raise ConfigError("[federation] payment_timeout_ms must be at least twice margin_ms")
         if fed.max_hold_ms < fed.payment_timeout_ms:
             raise ConfigError("[federation] max_hold_ms must be at least payment_timeout_ms")
+        if not 1 <= fed.max_hops <= 8 or fed.max_routes < 1 or fed.graph_refresh_ms < 1000:
+            raise ConfigError("[federation] max_hops must be 1 to 8, max_routes at least 1, "
+                              "graph_refresh_ms at least 1000")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -116,7 +116,8 @@ async def run_demo(
                 print(f"  transfers accepted {demo.accepted}, refused {refused}; "
                       f"log size {s['log_size']}; balances sum to {s['sum']}")
                 for a in s["accounts"]:
-                    label = a["handle"] if a["kind"] == "member" else "(credit line)"
+                    label = {"member": a["handle"], "peer": "(credit line)"}.get(
+                        a["kind"], "(forwarding)")
                     print(f"    {label:14} {format_amount(a['balance'], demo.unit):>20}")
         if serve_forever:
             first = nodes[0]
@@ -139,27 +140,36 @@ async def run_demo(
 
 
 async def _across(nodes: list[DemoNode], root: Path, json_out: bool) -> dict[str, Any]:
-    """A credit line between the time bank and the food co-op (1 hour = 10 credits), and
-    members of each paying members of the other, one payment far beyond the line."""
-    river, green = nodes[0], nodes[1]
-    stewards = [read_key_file(root / f"node{i}" / STEWARD_KEY)[1] for i in (1, 2)]
-    async with TallyClient(river.served.url) as a, TallyClient(green.served.url) as b:
+    """Credit lines between the time bank and the food co-op (1 hour = 10 credits) and
+    between the food co-op and the workers (10 credits = 1 hour); members paying members of
+    the other collectives, directly and through the co-op in between, and one payment far
+    beyond a line, refused."""
+    river, green, north = nodes
+    stewards = [read_key_file(root / f"node{i}" / STEWARD_KEY)[1] for i in (1, 2, 3)]
+    async with TallyClient(river.served.url) as a, TallyClient(green.served.url) as b, \
+            TallyClient(north.served.url) as c:
         # We let them owe us 15 hours; they let us owe them 150 credits.
         proposed = await a.propose_line(green.served.url, [stewards[0]], 15 * 60, 150 * 100,
                                         1000, 60)
         await b.accept_line(proposed["line"], [stewards[1]])
-        green_info, river_info = await b.info(), await a.info()
-    _say(json_out, f"\nCredit line agreed: {river.name} <-> {green.name}, 1 hour = 10 credits")
+        proposed = await b.propose_line(north.served.url, [stewards[1]], 100 * 100, 10 * 60,
+                                        60, 1000)
+        await c.accept_line(proposed["line"], [stewards[2]])
+        infos = {id(river): await a.info(), id(green): await b.info(), id(north): await c.info()}
+    _say(json_out, f"\nCredit lines agreed: {river.name} <-> {green.name} <-> {north.name}; "
+                   f"1 hour = 10 credits")
     payments: list[tuple[DemoNode, str, DemoNode, str, int]] = [
         (river, "ana", green, "fay", 150),  # 1.5 credits
         (river, "ben", green, "gus", 500),
         (green, "hana", river, "chloe", 30),  # 30 minutes
+        (river, "dev", north, "kai", 45),  # 45 minutes, through the food co-op
+        (north, "lea", river, "eli", 90),  # and back the other way
         (river, "dev", green, "ivo", 200),
         (river, "eli", green, "jun", 18_000),  # 180 credits: within eli's limit, beyond the line
     ]
-    done, refused = 0, []
+    done, refused, routes = 0, [], []
     for src, payer, dst, payee, amount in payments:
-        dst_info = green_info if dst is green else river_info
+        dst_info = infos[id(dst)]
         async with TallyClient(src.served.url, Home(src.homes[payer]).key()) as client:
             try:
                 receipt = await client.pay_remote(payer, payee, dst_info.node_key, amount,
@@ -171,10 +181,14 @@ async def _across(nodes: list[DemoNode], root: Path, json_out: bool) -> dict[str
                                f"{exc.detail}")
                 continue
         done += 1
+        via = receipt.get("route", [])[1:-1]
+        routes.append({"payer": f"{payer}@{src.name}", "payee": f"{payee}@{dst.name}",
+                       "via": via})
         _say(json_out, f"  {payer}@{src.name} -> {payee}@{dst.name}: "
                        f"{format_amount(amount, dst.unit)}, cost "
-                       f"{format_amount(receipt['amount_paid'], src.unit)}")
-    return {"paid": done, "refused": refused}
+                       f"{format_amount(receipt['amount_paid'], src.unit)}"
+                       + (f", via {', '.join(via)}" if via else ""))
+    return {"paid": done, "refused": refused, "routes": routes}
 
 
 async def _summary(nodes: list[DemoNode]) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from crypto.keys import PublicKey
+from node import storage
+from node.client import TallyClient, TallyError
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -47,9 +49,8 @@ from protocol.federation import (
     condition_of,
 )
 from protocol.ledger import Outcome
-from protocol.messages import Signed, parse_log_entry, parse_signed, sign_message
-from node import storage
-from node.client import TallyClient, TallyError
+from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
+from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
 
 if TYPE_CHECKING:
     from node.service import Node
@@ -71,10 +72,13 @@ class PaymentRecord:
     """What this node keeps about one attempt: the state machine and the signed messages."""
 
     payment: sm.Payment
-    prepare: Signed
-    peer: str  # key id of the node on the other side of the line
-    answer: Signed | None = None  # destination: the FULFIL or REJECT we gave
+    prepare: Signed  # the PREPARE we sent (source) or received (intermediary, destination)
+    peer: str  # key id of the node we send PREPARE to (source, intermediary), or got it from
+    answer: Signed | None = None  # intermediary, destination: the FULFIL or REJECT we gave
     result: dict[str, Any] | None = None  # source: what the payer was told
+    forward: Signed | None = None  # intermediary: the PREPARE we forwarded
+    upstream: str | None = None  # intermediary: key id of the node we got the PREPARE from
+    last_refusal: tuple[str, str] | None = None  # a peer's unsigned 4xx, for the payer
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # One event at a time: the ticker and the task sending PREPARE may both want to decide.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -90,6 +94,8 @@ class PaymentRecord:
             "hold": p.hold, "fulfilment": p.fulfilment.hex() if p.fulfilment else None,
             "prepare": self.prepare.to_json(), "peer": self.peer,
             "answer": self.answer.to_json() if self.answer else None, "result": self.result,
+            "forward": self.forward.to_json() if self.forward else None,
+            "upstream": self.upstream,
         }
 
     @classmethod
@@ -103,11 +109,25 @@ class PaymentRecord:
             hold=doc["hold"],
             fulfilment=bytes.fromhex(doc["fulfilment"]) if doc["fulfilment"] else None,
         )
-        answer = doc.get("answer")
+        answer, forward = doc.get("answer"), doc.get("forward")
         return cls(
             payment, parse_signed(doc["prepare"]), doc["peer"],
             parse_signed(answer) if answer else None, doc.get("result"),
+            parse_signed(forward) if forward else None, doc.get("upstream"),
         )
+
+    @property
+    def outbound(self) -> Signed:
+        """The PREPARE this node sent downstream (source or intermediary)."""
+        return self.forward if self.forward is not None else self.prepare
+
+    @property
+    def sender(self) -> str:
+        """Key id of the node whose DECISION this node follows (its upstream)."""
+        return self.upstream if self.upstream is not None else self.peer
+
+
+LINE_KINDS = frozenset({"line"})
 
 
 def _merge(signed: Signed, *others: Signed) -> Signed:
@@ -124,6 +144,32 @@ def _merge(signed: Signed, *others: Signed) -> Signed:
     return Signed(signed.msg, tuple(sigs))
 
 
+# Refusals that say "not this way" rather than "not at all": the source tries its next route.
+RETRY_ON_ANOTHER_ROUTE = frozenset({
+    ResultCode.exceeds_line_limit, ResultCode.overloaded, ResultCode.line_suspended,
+    ResultCode.no_route, ResultCode.unknown_peer, ResultCode.insufficient_time,
+    ResultCode.exceeds_max_pay,
+})
+MAX_LEARNED_LINES = 2000
+
+
+def _peer_refusal(exc: TallyError, what: str) -> FederationError:
+    """A peer's HTTP refusal, as one of our result codes."""
+    if exc.code == "unreachable":  # not a ResultCode: test it before mapping the rest
+        return FederationError(ResultCode.no_route, f"{what}: unreachable: {exc.detail}")
+    code = exc.code if exc.code in ResultCode.__members__ else "rejected"
+    return FederationError(ResultCode(code), f"{what}: {exc.detail}")
+
+
+def _arrives(route: Route, amount_from: int) -> int:
+    """What reaches the payee when the source sends ``amount_from``: each hop converts what
+    it received at its line's rate, rounding down, and forwards all of it."""
+    amount = amount_from
+    for i, edge in enumerate(route.edges):
+        amount = edge.convert(amount, route.nodes[i])
+    return amount
+
+
 def _order_id(record: PaymentRecord) -> str:
     order = record.prepare.msg.order.msg  # type: ignore[union-attr]
     assert isinstance(order, PaymentOrder)
@@ -137,6 +183,9 @@ class Federation:
         self.peer_urls: dict[str, str] = {}
         self.clients: dict[str, TallyClient] = {}
         self.proposals: dict[str, tuple[Signed, str]] = {}
+        # Lines between other collectives, as their peers reported them (both nodes signed).
+        self.learned: dict[str, Signed] = {}
+        self.extra_edges: Any = None  # a callable giving more edges (gossip), if any
         self.tasks: set[asyncio.Task[Any]] = set()
         # Destination: PREPAREs of one order are handled one at a time, so that at most one
         # attempt per order is ever fulfilled (order id -> [lock, users]).
@@ -172,9 +221,11 @@ class Federation:
         if self.payments:
             log.info("resuming %d unfinished payment(s)", len(self.payments))
         for record in list(self.payments.values()):
-            if record.payment.role == sm.Role.source and record.payment.outbound == sm.Out.held:
-                self._spawn(self._drive_source(record))
+            if record.payment.role != sm.Role.destination and \
+                    record.payment.outbound == sm.Out.held:
+                self._spawn(self._drive_outbound(record))
         self._spawn(self._ticker())
+        self._spawn(self._graph_loop())
 
     async def stop(self) -> None:
         for task in list(self.tasks):
@@ -263,6 +314,98 @@ class Federation:
         return (await client._request("POST", path, body, signed=True, idempotent=False))[1]
 
     # --- lines ----------------------------------------------------------------------------
+
+    # --- the graph of lines, for routing ------------------------------------------------------
+
+    def edges(self) -> list[Edge]:
+        """Every credit line this node knows: its own (as its ledger has them), then those
+        its peers reported, then any learned by gossip."""
+        own = {line_id: edge_of(s.msg) for line_id, s in self.node.ledger.lines.items()
+               if isinstance(s.msg, Line)}
+        learned = [e for e in edges_from_signed(self.learned.values()) if e.line not in own]
+        extra = [e for e in (self.extra_edges() if self.extra_edges else [])
+                 if e.line not in own]
+        seen = set(own)
+        out = list(own.values())
+        for e in [*learned, *extra]:
+            if e.line not in seen:
+                seen.add(e.line)
+                out.append(e)
+        return out
+
+    def routes_to(self, destination: PublicKey, amount: int) -> list[Route]:
+        return routes(self.edges(), self.key, destination, amount,
+                      max_hops=self.cfg.max_hops, limit=self.cfg.max_routes)
+
+    def parties(self) -> dict[PublicKey, dict[str, Any]]:
+        """Every collective named by a line this node knows: key -> {name, unit, ledger}."""
+        out: dict[PublicKey, dict[str, Any]] = {}
+        for s in [*self.node.ledger.lines.values(), *self.learned.values()]:
+            line = s.msg
+            if isinstance(line, Line):
+                for party in (line.a, line.b):
+                    if party.node_key != self.key:
+                        out[party.node_key] = party.to_json()
+        return out
+
+    def _knows(self, key: PublicKey) -> bool:
+        return key in self.parties()
+
+    def _name_of(self, key: PublicKey) -> str:
+        if key == self.key:
+            return self.node.ledger.genesis.name
+        return str(self.parties().get(key, {}).get("name", key.key_id))
+
+    def graph(self) -> list[dict[str, Any]]:
+        """What we tell our peers: our lines and the ones we learned, signed by both nodes
+        (stewards' signatures left off: they mean nothing to another collective)."""
+        out = []
+        for s in [*self.node.ledger.lines.values(), *self.learned.values()]:
+            line = s.msg
+            if not isinstance(line, Line) or line.status != "active":
+                continue
+            sigs = tuple(sig for sig in s.sigs if sig.key in (line.a.node_key, line.b.node_key))
+            if len(sigs) == 2:
+                out.append(Signed(line, sigs).to_json())
+        return out[:MAX_LEARNED_LINES]
+
+    async def refresh_graph(self) -> None:
+        """Ask each peer we have a line with for the lines it knows."""
+        own = set(self.node.ledger.lines)
+        for signed in list(self.node.ledger.lines.values()):
+            line = signed.msg
+            assert isinstance(line, Line)
+            peer = line.other(self.key).node_key
+            if peer.key_id not in self.peer_urls:
+                continue
+            try:
+                client = self.client_for(peer.key_id)
+                reply = (await client._request("GET", "/v1/peer/graph", signed=True))[1]
+            except (TallyError, FederationError) as exc:
+                log.debug("no graph from %s: %s", peer.key_id, exc)
+                continue
+            reported = reply.get("lines", []) if isinstance(reply, dict) else []
+            for doc in reported[:MAX_LEARNED_LINES]:
+                try:
+                    s = parse_signed(doc, LINE_KINDS)
+                except MessageError:
+                    continue
+                if s.msg.id in own or not edges_from_signed([s]):  # type: ignore[union-attr]
+                    continue
+                old = self.learned.get(s.msg.id)  # type: ignore[union-attr]
+                if old is None or old.msg.version < s.msg.version:  # type: ignore[union-attr]
+                    if len(self.learned) < MAX_LEARNED_LINES or old is not None:
+                        self.learned[s.msg.id] = s  # type: ignore[union-attr]
+
+    async def _graph_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_graph()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("refreshing the graph of lines failed; will retry")
+            await asyncio.sleep(self.cfg.graph_refresh_ms / 1000)
 
     async def propose_line(self, signed: Signed, peer_url: str) -> dict[str, Any]:
         """Our stewards signed these terms: add the node's signature and send them."""
@@ -365,6 +508,8 @@ class Federation:
             raise FederationError(ResultCode.insufficient_time, "the hold would last too long")
 
     async def pay(self, order_signed: Signed) -> dict[str, Any]:
+        """A member's payment to another collective: over the shortest routes first, a fresh
+        quote for each attempt, the next route only after a definite refusal."""
         order = order_signed.msg
         assert isinstance(order, PaymentOrder)
         state = self.node.ledger
@@ -378,47 +523,78 @@ class Federation:
             raise FederationError(ResultCode.bad_signature, "the order is not signed by the payer")
         if order.valid_until <= self.now():
             raise FederationError(ResultCode.expired, "the payment order has expired")
-        line = self.line_with(order.payee_node)
-        if line is None or order.payee_node == self.key:
+        if order.payee_node == self.key:
             raise FederationError(ResultCode.no_route,
-                                  "this collective has no credit line with the payee's")
-        if line.status != "active":
-            raise FederationError(ResultCode.line_suspended, "the credit line is suspended")
-        peer = order.payee_node
+                                  "the payee is a member here: pay them with a transfer")
+        candidates = self.routes_to(order.payee_node, order.amount)
+        if not candidates:
+            await self.refresh_graph()
+            candidates = self.routes_to(order.payee_node, order.amount)
+        if not candidates:
+            line = self.line_with(order.payee_node)
+            if line is not None and line.status != "active":
+                raise FederationError(ResultCode.line_suspended, "the credit line is suspended")
+            raise FederationError(
+                ResultCode.no_route,
+                "no path of credit lines to the payee's collective has room for that amount"
+                if line is None and self._knows(order.payee_node) else
+                "this collective has no credit line with the payee's, nor a path to it")
+        first: FederationError | None = None
+        for route in candidates:
+            try:
+                return await self._attempt(order_signed, route)
+            except FederationError as exc:
+                if exc.code not in RETRY_ON_ANOTHER_ROUTE:
+                    raise
+                log.info("order %s: route via %s refused (%s); trying the next",
+                         order.id, [n.key_id for n in route.nodes[1:-1]], exc.code.value)
+                first = first or exc
+        assert first is not None
+        raise first
+
+    async def _attempt(self, order_signed: Signed, route: Route) -> dict[str, Any]:
+        order = order_signed.msg
+        assert isinstance(order, PaymentOrder)
+        peer = route.nodes[1]
+        line = self.line_with(peer)
+        if line is None or line.status != "active":
+            raise FederationError(ResultCode.line_suspended, "the credit line is not active")
         attempt_id = os.urandom(16).hex()
+        path = route.nodes[2:]
         try:
-            answer = await self._peer_post(peer.key_id, "/v1/peer/quote",
-                                           {"order": order_signed.to_json(), "attempt": attempt_id})
+            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", {
+                "order": order_signed.to_json(), "attempt": attempt_id,
+                "path": [k.text for k in path]})
         except TallyError as exc:
-            if exc.code == "unreachable":  # not a ResultCode: test it before mapping the rest
-                raise FederationError(ResultCode.no_route,
-                                      f"the payee's collective is unreachable: {exc.detail}"
-                                      ) from exc
-            code = exc.code if exc.code in ResultCode.__members__ else "rejected"
-            raise FederationError(ResultCode(code),
-                                  f"the payee's collective refused to quote: {exc.detail}") from exc
+            raise _peer_refusal(exc, "the payee's collective refused to quote") from exc
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
         quote = quote_signed.msg
         assert isinstance(quote, Quote)
         qgood, qall = quote_signed.verified_signers()
-        if not qall or peer not in qgood or (quote.order, quote.id) != (order.id, attempt_id):
+        if not qall or order.payee_node not in qgood or (quote.order, quote.id) != (
+                order.id, attempt_id) or quote.amount < order.amount:
             raise FederationError(ResultCode.quote_mismatch, "the quote is not valid for this order")
         side = line.side(self.key)
         assert side is not None
-        amount_from = line.needed(quote.amount, side)
+        sends = amounts(route.edges, route.nodes, quote.amount)
+        amount_from = sends[0]
         if amount_from > order.max_pay:
             raise FederationError(ResultCode.exceeds_max_pay,
                                   f"it costs {amount_from}; you allowed at most {order.max_pay}")
         now = self.now()
-        expires = min(quote.expires_at, order.valid_until, now + self.cfg.payment_timeout_ms)
-        if expires - now < self.cfg.margin_ms:
+        hops = len(route.edges)
+        # The last hop gets the whole payment timeout; each hop before it a margin more,
+        # within the longest hold this node allows.
+        expires = min(quote.expires_at, order.valid_until, now + self.cfg.max_hold_ms,
+                      now + self.cfg.payment_timeout_ms + (hops - 1) * self.cfg.margin_ms)
+        if expires - now < self.cfg.margin_ms * hops:
             raise FederationError(ResultCode.insufficient_time,
                                   "too little time left before the order or quote expires")
         self._risk_check(line, amount_from, expires)
         prepare = sign_message(
             Prepare(attempt_id, line.id, self.key, peer, amount_from,
                     line.convert(amount_from, side), quote.condition, expires, order_signed,
-                    quote_signed),
+                    quote_signed, path),
             self.node.node_key,
         )
         record = PaymentRecord(
@@ -435,11 +611,11 @@ class Federation:
             record.result = {"result": outcome.code.value, "detail": outcome.detail}
             await self._store(record)
             raise FederationError(outcome.code, outcome.detail)
-        self._spawn(self._drive_source(record))
+        self._spawn(self._drive_outbound(record))
         timeout = (expires - self.now()) / 1000 + self.cfg.peer_timeout_ms / 1000 + 5
         try:
             await asyncio.wait_for(record.done.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         result = record.result or {
             "result": "pending",
@@ -452,44 +628,54 @@ class Federation:
                 result.get("detail", ""),
             )
         return {**result, "order": order.id, "attempt": attempt_id, "amount_paid": amount_from,
-                # What the payee is credited: the PREPARE's amount, at least the quote's.
-                "amount_received": line.convert(amount_from, side),
+                # What the payee is credited: at least the quote's amount (each hop converts
+                # what it received, rounding down, and forwards all of it).
+                "amount_received": _arrives(route, amount_from),
+                "route": [self._name_of(k) for k in route.nodes],
                 "quote": quote_signed.to_json()}
 
-    async def _drive_source(self, record: PaymentRecord) -> None:
-        """Send the PREPARE (again, after a restart or a network failure) until answered or
-        expired; then apply the answer."""
-        p = record.prepare.msg
+    async def _drive_outbound(self, record: PaymentRecord) -> None:
+        """Send our PREPARE (again, after a restart or a network failure) until answered or
+        expired; then apply the answer. The source's and an intermediary's outbound leg."""
+        p = record.outbound.msg
         assert isinstance(p, Prepare)
         async with record.lock:
             await self._follow_ledger(record)  # after a restart, the log may be ahead
         delay = 0.2
         while record.payment.outbound == sm.Out.held:
             if self.now() >= p.expires_at:
-                await self._source_event(record, sm.Tick())
+                await self._outbound_event(record, sm.Tick())
                 break
             try:
                 answer = await self._peer_post(record.peer, "/v1/peer/prepare",
-                                               {"prepare": record.prepare.to_json()})
+                                               {"prepare": record.outbound.to_json()})
             except TallyError as exc:
                 if exc.status and 400 <= exc.status < 500 and exc.code != "rate_limited":
+                    # Not a signed REJECT, so not a definite answer: keep asking until the
+                    # expiry (our clock alone voids), and tell the payer why it failed.
                     log.warning("peer refused PREPARE %s: %s", p.id, exc)
+                    code = exc.code if exc.code in ResultCode.__members__ else "rejected"
+                    record.last_refusal = (code, f"the next collective refused: {exc.detail}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            if isinstance(answer, dict) and "pending" in answer:
+                await asyncio.sleep(delay)  # an intermediary waits on its own downstream
+                delay = min(delay * 2, 2.0)
+                continue
             try:
-                await self._source_answer(record, answer)
+                await self._outbound_answer(record, answer)
             except FederationError as exc:
                 log.warning("peer sent an unusable answer to %s: %s", p.id, exc.detail)
                 await asyncio.sleep(delay)
 
-    async def _source_answer(self, record: PaymentRecord, answer: Any) -> None:
+    async def _outbound_answer(self, record: PaymentRecord, answer: Any) -> None:
         if not isinstance(answer, dict) or not ({"fulfil", "reject"} & set(answer)):
             raise FederationError(ResultCode.invalid_field, "no FULFIL or REJECT in the answer")
         kind = "fulfil" if "fulfil" in answer else "reject"
         signed = parse_signed(answer[kind], frozenset({kind}))
         good, all_good = signed.verified_signers()
-        peer_key = record.prepare.msg.to_node  # type: ignore[union-attr]
+        peer_key = record.outbound.msg.to_node  # type: ignore[union-attr]
         if not all_good or peer_key not in good or signed.msg.id != record.payment.id:  # type: ignore[union-attr]
             raise FederationError(ResultCode.bad_signature, "the answer is not the peer's")
         if isinstance(signed.msg, Fulfil):
@@ -497,18 +683,18 @@ class Federation:
         else:
             assert isinstance(signed.msg, Reject)
             event = sm.RejectReceived(signed.msg.code)
-        await self._source_event(record, event, signed)
+        await self._outbound_event(record, event, signed)
 
-    async def _source_event(self, record: PaymentRecord, event: sm.Event,
-                            signed: Signed | None = None) -> None:
+    async def _outbound_event(self, record: PaymentRecord, event: sm.Event,
+                              signed: Signed | None = None, reason: str = "") -> None:
         # The ticker (expiry) and the task sending PREPARE (an answer) may both get here for
         # one payment: one at a time, each deciding from the state the other left.
         async with record.lock:
-            await self._source_event_locked(record, event, signed)
+            await self._outbound_event_locked(record, event, signed, reason)
         await self._send_decision(record)
 
     async def _follow_ledger(self, record: PaymentRecord) -> None:
-        """Make a source record that says "held" agree with our ledger's hold.
+        """Make a record whose outbound leg says "held" agree with our ledger's holds.
 
         The record and the ledger are written one after the other: a node killed in between
         restarts with a record behind its log. The log is the truth. With no hold, the
@@ -517,31 +703,51 @@ class Federation:
         the clock would contradict the books and tell the peer the opposite.
         """
         payment = record.payment
-        p = record.prepare.msg
-        assert isinstance(p, Prepare)
-        if payment.role != sm.Role.source or payment.outbound != sm.Out.held:
+        if payment.role == sm.Role.destination or payment.outbound != sm.Out.held:
             return
-        hold = self.node.ledger.holds.get(f"{p.id}/out")
+        p = record.outbound.msg
+        assert isinstance(p, Prepare)
+        holds = self.node.ledger.holds
+        if payment.role == sm.Role.intermediary and f"{p.id}/in" not in holds:
+            # Stopped before the inbound hold was logged: log it, or refuse upstream.
+            inbound = record.prepare.msg
+            assert isinstance(inbound, Prepare)
+            outcome = await self._log(record.prepare) if self.now() < inbound.expires_at \
+                else None
+            if outcome is None or outcome.code not in (ResultCode.ok, ResultCode.exists):
+                code, detail = (outcome.code.value, outcome.detail) if outcome else (
+                    "expired", "expired before it was held")
+                await self._settle_unsent(record, code, detail)
+                return
+        hold = holds.get(f"{p.id}/out")
         if hold is not None and hold.state == "held":
             return
         if hold is None:
             if self.now() < p.expires_at:
-                outcome = await self._log(record.prepare)
+                outcome = await self._log(record.outbound)
                 if outcome.code in (ResultCode.ok, ResultCode.exists):
                     return
                 code, detail = outcome.code.value, outcome.detail
             else:
                 code, detail = "expired", "the node stopped before the payment was held"
-            record.payment = replace(payment, outbound=sm.Out.voided, hold="voided",
-                                     decision_acked=True)  # no PREPARE left: nothing to tell
-            record.result = {"result": code, "detail": detail}
-        elif hold.state == "posted":
+            await self._settle_unsent(record, code, detail)
+            return
+        if hold.state == "posted":
             fulfil = await self._logged(f"fulfil/{p.id}/{p.to_node.key_id}")
             assert fulfil is not None and isinstance(fulfil.msg, Fulfil)
             fulfilment = bytes.fromhex(fulfil.msg.fulfilment)
             record.payment = replace(payment, outbound=sm.Out.posted, hold="posted",
                                      fulfilment=fulfilment)
             record.result = {"result": "ok", "fulfilment": fulfilment.hex()}
+            if payment.role == sm.Role.intermediary:
+                in_hold = holds.get(f"{p.id}/in")
+                if in_hold is not None and in_hold.state == "voided":
+                    record.payment = replace(record.payment, inbound=sm.In.voided, hold="loss")
+                    await self._dispute("loss", record, fulfil)
+                else:
+                    record.payment = replace(record.payment, inbound=sm.In.fulfilled)
+                    record.answer = sign_message(Fulfil(p.id, fulfilment.hex()),
+                                                 self.node.node_key)
         else:
             reject = await self._logged(f"reject/{p.id}/{p.to_node.key_id}")
             record.payment = replace(payment, outbound=sm.Out.voided, hold="voided")
@@ -550,9 +756,36 @@ class Federation:
                 record.result = {"result": code if code in ResultCode.__members__ else
                                  "rejected", "detail": "refused by the payee's collective"}
             else:
+                code = "expired"
                 record.result = {"result": "expired", "detail": "no answer before the expiry"}
+            if payment.role == sm.Role.intermediary and payment.inbound == sm.In.prepared:
+                await self._reject_upstream(record, code, "the payment failed downstream")
         await self._store(record)
         record.done.set()
+
+    async def _settle_unsent(self, record: PaymentRecord, code: str, detail: str) -> None:
+        """Our PREPARE never left (no outbound hold): nothing downstream to tell; the payer
+        is told, or the upstream node gets our REJECT."""
+        record.payment = replace(record.payment, outbound=sm.Out.voided, hold="voided",
+                                 decision_acked=True)
+        record.result = {"result": code, "detail": detail}
+        if record.payment.role == sm.Role.intermediary:
+            await self._reject_upstream(record, code, detail)
+        await self._store(record)
+        record.done.set()
+
+    async def _reject_upstream(self, record: PaymentRecord, code: str, detail: str) -> None:
+        """An intermediary refuses the PREPARE it received: log our REJECT (it voids our
+        inbound hold, if any), keep it as the answer for every repeat of that PREPARE."""
+        p = record.prepare.msg
+        assert isinstance(p, Prepare)
+        reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
+                                     detail[:500]), self.node.node_key)
+        outcome = await self._log(reject)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
+            log.warning("could not void inbound hold %s: %s", p.id, outcome.detail)
+        record.answer = reject
+        record.payment = replace(record.payment, inbound=sm.In.rejected)
 
     async def _logged(self, key: str) -> Signed | None:
         """The signed message of the log entry ``seen`` knows by ``key``, if any."""
@@ -562,46 +795,63 @@ class Federation:
         raw = await storage.read_entry(db, idx) if idx is not None else None
         return parse_log_entry(json.loads(raw)).payload if raw is not None else None
 
-    async def _source_event_locked(self, record: PaymentRecord, event: sm.Event,
-                                   signed: Signed | None) -> None:
+    async def _outbound_event_locked(self, record: PaymentRecord, event: sm.Event,
+                                     signed: Signed | None, reason: str = "") -> None:
         await self._follow_ledger(record)
         try:
             new, actions = sm.step(record.payment, event, self.now())
         except sm.SettlementError as exc:
             raise FederationError(ResultCode.condition_mismatch, str(exc)) from exc
-        p = record.prepare.msg
+        p = record.outbound.msg
         assert isinstance(p, Prepare)
-        for action in actions:
+        i = 0
+        while i < len(actions):
+            action = actions[i]
+            i += 1
             if isinstance(action, sm.ApplyPost):
                 assert signed is not None
                 outcome = await self._log(signed)
                 if outcome.code == ResultCode.too_late:  # our clock moved on meanwhile
-                    new, _ = sm.step(record.payment, sm.Tick(), p.expires_at)
-                    outcome = await self._log(sign_message(Decision(p.id, "void"),
-                                                           self.node.node_key))
-                    self._check_logged(outcome, p.id)
-                    break
+                    new, actions = sm.step(record.payment, sm.Tick(), p.expires_at)
+                    i = 0
+                    continue
                 self._check_logged(outcome, p.id)
             elif isinstance(action, sm.ApplyVoid):
-                entry = signed if isinstance(event, sm.RejectReceived) else sign_message(
-                    Decision(p.id, "void"), self.node.node_key)
-                assert entry is not None
+                entry = signed if isinstance(event, sm.RejectReceived) and signed is not None \
+                    else sign_message(Decision(p.id, "void"), self.node.node_key)
                 self._check_logged(await self._log(entry), p.id)
+            elif isinstance(action, sm.SendFulfil):
+                record.answer = sign_message(Fulfil(p.id, action.fulfilment.hex()),
+                                             self.node.node_key)
+            elif isinstance(action, sm.SendReject):
+                await self._reject_upstream(record, action.code,
+                                            reason or "the payment failed downstream")
+            elif isinstance(action, sm.RecordLoss):
+                await self._dispute("loss", record, signed)
+            elif isinstance(action, sm.RecordLateFulfilment):
+                await self._dispute("late_fulfilment", record, signed)
         record.payment = new
         if new.outbound == sm.Out.posted:
             record.result = {"result": "ok", "fulfilment": new.fulfilment.hex()
                              if new.fulfilment else None}
         elif new.outbound == sm.Out.voided and record.result is None:
             if isinstance(event, sm.RejectReceived):
-                reason = signed.msg.message if signed is not None and isinstance(
-                    signed.msg, Reject) else ""
+                message = signed.msg.message if signed is not None and isinstance(
+                    signed.msg, Reject) else reason
                 code = event.code if event.code in ResultCode.__members__ else "rejected"
-                detail = f"refused by the payee's collective: {reason}"
+                detail = f"refused by the payee's collective: {message}" if signed else message
+            elif record.last_refusal is not None:
+                code, detail = record.last_refusal
             else:
                 code, detail = "expired", "no answer from the payee's collective before the expiry"
             record.result = {"result": code, "detail": detail}
         await self._store(record)  # the outcome is durable before anyone hears of it
         record.done.set()
+
+    async def _dispute(self, kind: str, record: PaymentRecord, evidence: Signed | None) -> None:
+        """A loss or a late fulfilment: kept with its signed evidence for the stewards."""
+        log.warning("DISPUTE %s on payment %s with %s: %s", kind, record.payment.id,
+                    record.peer, evidence.to_json() if evidence else None)
 
     @staticmethod
     def _check_logged(outcome: Outcome, attempt_id: str) -> None:
@@ -641,11 +891,11 @@ class Federation:
 
     async def _tick(self, record: PaymentRecord) -> None:
         p = record.payment
-        if p.role == sm.Role.source:
+        if p.role != sm.Role.destination:
             if p.outbound == sm.Out.held:
                 assert p.outbound_expiry is not None
                 if self.now() >= p.outbound_expiry:
-                    await self._source_event(record, sm.Tick())
+                    await self._outbound_event(record, sm.Tick())
             else:
                 await self._send_decision(record)
             return
@@ -660,13 +910,49 @@ class Federation:
 
     # --- the destination ------------------------------------------------------------------
 
-    async def quote(self, order_signed: Signed, attempt_id: str, sender: PublicKey) -> Signed:
+    def _next_hop(self, path: tuple[PublicKey, ...]) -> Line:
+        """The line to the next node on a path we are asked to forward along."""
+        if not path:
+            raise FederationError(ResultCode.no_route, "that payee is not a member here")
+        if len(path) >= self.cfg.max_hops:
+            raise FederationError(ResultCode.no_route,
+                                  f"the path is longer than this node's limit of "
+                                  f"{self.cfg.max_hops} hops")
+        line = self.line_with(path[0])
+        if line is None or path[0].key_id not in self.peer_urls:
+            raise FederationError(ResultCode.no_route,
+                                  "no credit line with the next collective on the path")
+        if line.status != "active":
+            raise FederationError(ResultCode.line_suspended,
+                                  f"the credit line with {line.other(self.key).name} is suspended")
+        return line
+
+    async def quote(self, order_signed: Signed, attempt_id: str, sender: PublicKey,
+                    path: tuple[PublicKey, ...] = ()) -> Signed:
         order = order_signed.msg
         assert isinstance(order, PaymentOrder)
-        if order.payee_node != self.key:
-            raise FederationError(ResultCode.no_route, "that payee is not a member here")
         if self.line_with(sender) is None:
             raise FederationError(ResultCode.unknown_peer, "no credit line with your collective")
+        if order.payee_node != self.key:
+            # Not ours: ask the next node on the path (which asks the next...). The quote is
+            # the destination's, signed by it; we only carry it back.
+            if sender in path or self.key in path:
+                raise FederationError(ResultCode.invalid_field, "the path loops")
+            nxt = self._next_hop(path).other(self.key).node_key
+            if (path[-1] if path else nxt) != order.payee_node:
+                raise FederationError(ResultCode.no_route, "the path does not end at the payee")
+            try:
+                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", {
+                    "order": order_signed.to_json(), "attempt": attempt_id,
+                    "path": [k.text for k in path[1:]]})
+                return parse_signed(answer["quote"], frozenset({"quote"}))
+            except TallyError as exc:
+                raise _peer_refusal(exc, "the next collective refused to quote") from exc
+            except (KeyError, TypeError, MessageError) as exc:
+                raise FederationError(ResultCode.quote_mismatch,
+                                      "the next collective sent no valid quote") from exc
+        if path:
+            raise FederationError(ResultCode.invalid_field, "the path goes past the payee's node")
         payee = self.node.ledger.accounts.get(order.payee)
         if payee is None or payee.kind != "member":
             raise FederationError(ResultCode.account_not_found, f"no member {order.payee!r} here")
@@ -695,17 +981,74 @@ class Federation:
         await self.node.writer.write(run)  # stored before the quote leaves this node
         return quote
 
-    async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed:
+    async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed | None:
+        """Our FULFIL or REJECT for a PREPARE; None while it is still pending downstream
+        (the upstream node asks again with the same PREPARE)."""
         p = signed.msg
         assert isinstance(p, Prepare)
         if p.from_node != sender or p.to_node != self.key:
             raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
         order = p.order.msg
         assert isinstance(order, PaymentOrder)
+        if order.payee_node != self.key:
+            return await self._receive_transit(signed, sender)
         # From the check that no other attempt of the order was fulfilled to marking this one
         # fulfilled, no other PREPARE of the order may run: else two could both pass the check.
         async with self._order_lock(order.id):
             return await self._receive_prepare(signed, sender)
+
+    async def _receive_transit(self, signed: Signed, sender: PublicKey) -> Signed | None:
+        """We are an intermediary: hold against the upstream line, forward along the path
+        (expiring a margin sooner), and answer with what comes back — or "pending"."""
+        p = signed.msg
+        assert isinstance(p, Prepare)
+        async with self._order_lock(p.id):  # one setup per attempt, however often it comes
+            record = self.payments.get(p.id) or await self._load_record(p.id)
+            if record is not None:
+                if record.prepare.msg != p:
+                    raise FederationError(ResultCode.exists_with_different_fields,
+                                          "a different PREPARE already used this attempt id")
+                if record.answer is not None:
+                    return record.answer  # idempotent: the same answer again
+            else:
+                try:
+                    line_down = self._next_hop(p.path)
+                    out_expiry = p.expires_at - self.cfg.margin_ms
+                    if out_expiry - self.now() < self.cfg.margin_ms:
+                        raise FederationError(ResultCode.insufficient_time,
+                                              "too little time left to forward it safely")
+                    line_up = self.line_with(sender)
+                    assert line_up is not None  # authenticate_peer checked it
+                    self._risk_check(line_up, p.amount_to, p.expires_at)
+                    self._risk_check(line_down, p.amount_to, out_expiry)
+                except FederationError as exc:
+                    return await self._refuse_prepare(signed, exc.code.value, exc.detail,
+                                                      role=sm.Role.intermediary)
+                nxt = p.path[0]
+                side = line_down.side(self.key)
+                assert side is not None
+                forward = sign_message(
+                    Prepare(p.id, line_down.id, self.key, nxt, p.amount_to,
+                            line_down.convert(p.amount_to, side), p.condition, out_expiry,
+                            p.order, p.quote, p.path[1:]),
+                    self.node.node_key,
+                )
+                record = PaymentRecord(
+                    sm.start_intermediary(p.id, bytes.fromhex(p.condition), p.expires_at,
+                                          out_expiry),
+                    signed, nxt.key_id, forward=forward, upstream=sender.key_id)
+                await self._store(record)  # before either hold: recovery finds it
+                outcome = await self._log(signed)
+                if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                    return await self._refuse_prepare(signed, outcome.code.value,
+                                                      outcome.detail, record,
+                                                      role=sm.Role.intermediary)
+                self._spawn(self._drive_outbound(record))
+        if record.payment.outbound == sm.Out.held and not record.done.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(record.done.wait()),
+                                       self.cfg.peer_timeout_ms / 2000)
+        return record.answer
 
     @contextlib.asynccontextmanager
     async def _order_lock(self, order_id: str) -> AsyncIterator[None]:
@@ -778,7 +1121,8 @@ class Federation:
         return record.answer
 
     async def _refuse_prepare(self, signed: Signed, code: str, detail: str,
-                              record: PaymentRecord | None = None) -> Signed:
+                              record: PaymentRecord | None = None,
+                              role: sm.Role = sm.Role.destination) -> Signed:
         p = signed.msg
         assert isinstance(p, Prepare)
         reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
@@ -786,9 +1130,14 @@ class Federation:
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, p.from_node.key_id)
-        record.payment = sm.Payment(p.id, sm.Role.destination, record.payment.condition,
+        record.payment = sm.Payment(p.id, role, record.payment.condition,
                                     inbound=sm.In.rejected, inbound_expiry=p.expires_at,
                                     hold="voided")
+        if role == sm.Role.intermediary:  # nothing was forwarded: nothing to tell downstream
+            record.payment = replace(record.payment, outbound=sm.Out.voided,
+                                     decision_acked=True)
+            record.forward = None
+            record.peer, record.upstream = p.from_node.key_id, None
         record.answer = reject
         await self._store(record)
         return reject
@@ -816,8 +1165,12 @@ class Federation:
             # Its PREPARE never reached us (or we stopped before storing anything): nothing
             # is held, so a void is already followed. Else the upstream would resend forever.
             return {"id": d.id, "ack": d.outcome}
-        if record is None or record.peer != sender.key_id:
+        if record is None or record.sender != sender.key_id:
             raise FederationError(ResultCode.hold_not_found, "no payment with you by that id")
+        if record.payment.role == sm.Role.intermediary:
+            # The outbound leg's events take the same lock: one event at a time per payment.
+            async with record.lock:
+                return await self._receive_decision(signed, d)
         async with self._order_lock(_order_id(record)):
             return await self._receive_decision(signed, d)
 
@@ -828,10 +1181,18 @@ class Federation:
             new, actions = sm.step(record.payment, sm.DecisionReceived(d.outcome), self.now())
         except sm.SettlementError as exc:
             raise FederationError(ResultCode.hold_resolved, str(exc)) from exc
-        if any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions):
+        inbound = self.node.ledger.holds.get(f"{d.id}/in")
+        # The destination's hold is its whole payment; an intermediary's inbound hold is
+        # settled by this decision whatever its outbound leg did (a void after it paid
+        # downstream is its loss, in its routing account).
+        if any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions) or (
+                record.payment.role == sm.Role.intermediary and inbound is not None
+                and inbound.state == "held"):
             outcome = await self._log(signed)
             if outcome.code not in (ResultCode.ok, ResultCode.exists):
                 raise FederationError(outcome.code, outcome.detail)
+        if any(isinstance(a, sm.RecordLoss) for a in actions):
+            await self._dispute("loss", record, signed)
         record.payment = new
         await self._store(record)
         return {"id": d.id, "ack": d.outcome}

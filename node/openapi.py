@@ -117,7 +117,7 @@ SCHEMAS: dict[str, Any] = {
     "Account": _obj(
         {
             "handle": HANDLE,
-            "kind": {"enum": ["member", "peer"]},
+            "kind": {"enum": ["member", "peer", "internal"]},
             "key": {"oneOf": [KEY, {"type": "null"}]},
             "balance": INT,
             "pending_debit": INT,
@@ -205,6 +205,15 @@ SCHEMAS: dict[str, Any] = {
     "Lines": {"type": "object", "properties": {
         "lines": {"type": "array", "items": {"type": "object"}},
         "proposals": {"type": "array", "items": {"type": "object"}}}},
+    "Routes": {"type": "object", "required": ["collective", "direct"], "properties": {
+        "collective": {"type": "object", "required": ["node_key", "ledger", "name", "unit"]},
+        "direct": {"type": "boolean"},
+        "routes": {"type": "array", "items": {
+            "type": "object", "required": ["via", "nodes", "hops", "cost"],
+            "properties": {"via": {"type": "array", "items": {"type": "string"}},
+                           "nodes": {"type": "array", "items": {"type": "string"}},
+                           "hops": {"type": "integer", "minimum": 1},
+                           "cost": {"type": "integer", "minimum": 1}}}}}},
     "LineRequest": _obj({"line": _ref("SignedMessage"), "url": {"type": "string"},
                          "action": {"enum": ["propose", "accept"]}}),
 }
@@ -451,14 +460,45 @@ def openapi_document() -> dict[str, Any]:
                         "schema": {"type": "object"}}}},
                     "responses": {"200": {"description": "the signed answer",
                                           "content": {"application/json": {}}},
+                                  **({"202": {"description": "forwarded, no answer from "
+                                                             "downstream yet: send the same "
+                                                             "PREPARE again later",
+                                              "content": {"application/json": {}}}}
+                                     if name == "prepare" else {}),
                                   **_problems(400, 401, 403, 404, 409, 422, 429)}}}
                 for name, summary in (
                     ("lines", "Node to node: propose line terms, or accept ours"),
-                    ("quote", "Node to node: ask the payee's collective for a signed quote"),
-                    ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed"),
+                    ("quote", "Node to node: ask the payee's collective for a signed quote, "
+                              "through the nodes of `path` if it is not the next one"),
+                    ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed "
+                                "(202 while an intermediary waits on its downstream)"),
                     ("decision", "Node to node: the upstream's decision, post or void"),
                 )
             },
+            "/v1/peer/graph": {"get": {
+                "operationId": "peerGraph",
+                "summary": "Node to node: the credit lines this node knows, each signed by "
+                           "both of its nodes, for routing",
+                "security": [{"nodeSignature": []}],
+                "responses": {"200": {"description": "signed line agreements",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object", "required": ["lines"],
+                                          "properties": {"lines": {
+                                              "type": "array",
+                                              "items": _ref("SignedMessage")}}}}}},
+                              **_problems(401, 403, 429)}}},
+            "/v1/routes": {"get": {
+                "operationId": "getRoutes",
+                "summary": "Which collective `to` names (node key, key id or the start of its "
+                           "name) and, with `amount` in its unit, the routes a payment to it "
+                           "would try and what each costs",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "to", "in": "query", "required": True,
+                                "schema": {"type": "string"}},
+                               {"name": "amount", "in": "query",
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "responses": {"200": _json("Routes", "the collective and its routes"),
+                              **READ_PROBLEMS}}},
             "/v1/events/{id}": {
                 "get": {"operationId": "getEvent", "summary": "The receipt of an applied event",
                         "security": SIGNED_READ,

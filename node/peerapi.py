@@ -15,11 +15,12 @@ from aiohttp import web
 
 from crypto.httpsig import SignedRequestError
 from crypto.keys import PublicKey
-from protocol.codes import ResultCode
-from protocol.messages import check_fields, parse_signed, text
 from node.api import NODE, authenticate, consume_nonce, limit_rate, read_json, verify_signed
 from node.federation import FederationError
 from node.problems import Problem
+from protocol.codes import ResultCode
+from protocol.federation import path_of_keys
+from protocol.messages import check_fields, hex128, parse_signed, text
 
 LINE = frozenset({"line"})
 URL = text(None, 300)
@@ -72,14 +73,14 @@ async def peer_lines(request: web.Request) -> web.Response:
 
 async def peer_quote(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
-    from protocol.messages import hex128
-
-    body = await _body(request, {
-        "order": lambda f, v: parse_signed(v, frozenset({"payment_order"}), f),
-        "attempt": hex128,
-    })
+    body = check_fields(
+        await read_json(request, request.app[NODE].config.api.max_body_bytes), {
+            "order": lambda f, v: parse_signed(v, frozenset({"payment_order"}), f),
+            "attempt": hex128, "path": path_of_keys,
+        }, "body", optional_fields=frozenset({"path"}))
     try:
-        quote = await _fed(request).quote(body["order"], body["attempt"], sender)
+        quote = await _fed(request).quote(body["order"], body["attempt"], sender,
+                                          body.get("path", ()))
     except FederationError as exc:
         raise _problem(exc) from exc
     return web.json_response({"quote": quote.to_json()})
@@ -92,7 +93,17 @@ async def peer_prepare(request: web.Request) -> web.Response:
         answer = await _fed(request).receive_prepare(body["prepare"], sender)
     except FederationError as exc:
         raise _problem(exc) from exc
+    if answer is None:
+        # Forwarded, and no answer from downstream yet: send the same PREPARE again later.
+        return web.json_response({"pending": {"id": body["prepare"].msg.id,
+                                              "retry_after_ms": 500}}, status=202)
     return web.json_response({answer.msg.type: answer.to_json()})
+
+
+async def peer_graph(request: web.Request) -> web.Response:
+    """The credit lines this node knows (signed by both of each line's nodes), for routing."""
+    await authenticate_peer(request)
+    return web.json_response({"lines": _fed(request).graph()})
 
 
 async def peer_decision(request: web.Request) -> web.Response:
@@ -132,6 +143,47 @@ async def get_payment(request: web.Request) -> web.Response:
     if not attempts:
         raise Problem(ResultCode.not_found, "no payment by that order id that you may see")
     return web.json_response({"order": request.match_info["order"], "attempts": attempts})
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    """Which collective ``to`` names (node key, key id or the start of its pinned name), and,
+    with ``amount`` (in its unit), the routes a payment would try and what each costs."""
+    await authenticate(request)
+    fed = _fed(request)
+    where = request.query.get("to", "").strip()
+    if not where:
+        raise Problem(ResultCode.invalid_field, "say which collective: ?to=NAME or node key")
+    def lookup() -> list[tuple[PublicKey, dict[str, Any]]]:
+        return [(key, party) for key, party in fed.parties().items()
+                if where in (key.text, key.key_id) or key.key_id.startswith(where.lower())
+                or party["name"].lower().startswith(where.lower())]
+
+    matches = lookup()
+    if not matches:  # perhaps a line our peers agreed since we last asked them
+        await fed.refresh_graph()
+        matches = lookup()
+    if not matches:
+        known = ", ".join(sorted(p["name"] for p in fed.parties().values())) or "none yet"
+        raise Problem(ResultCode.not_found,
+                      f"no collective {where!r} is known here (known: {known})")
+    if len(matches) > 1:
+        names = ", ".join(f"{p['name']} ({k.key_id})" for k, p in matches)
+        raise Problem(ResultCode.invalid_field,
+                      f"{where!r} names several collectives: {names}; use a node key")
+    key, party = matches[0]
+    body: dict[str, Any] = {"collective": party, "direct": fed.line_with(key) is not None}
+    if "amount" in request.query:
+        try:
+            amount = int(request.query["amount"])
+        except ValueError:
+            amount = 0
+        if not 1 <= amount <= 2**53 - 1:
+            raise Problem(ResultCode.invalid_field, "amount must be a positive whole number "
+                                                    "of the payee's smallest unit")
+        body["routes"] = [{"via": [fed._name_of(k) for k in r.nodes[1:-1]],
+                           "nodes": [k.text for k in r.nodes], "hops": r.hops, "cost": r.cost}
+                          for r in fed.routes_to(key, amount)]
+    return web.json_response(body)
 
 
 async def get_lines(request: web.Request) -> web.Response:
@@ -175,6 +227,8 @@ def add_federation_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)
     app.router.add_post("/v1/peer/decision", peer_decision)
+    app.router.add_get("/v1/peer/graph", peer_graph)
+    app.router.add_get("/v1/routes", get_routes)
     app.router.add_post("/v1/payments", post_payment)
     app.router.add_get("/v1/payments/{order}", get_payment)
     app.router.add_get("/v1/lines", get_lines)

@@ -263,7 +263,7 @@ def _choice(*options: str) -> Checker:
 MAX_HOPS = 8
 
 
-def _path(field: str, value: Any) -> tuple[PublicKey, ...]:
+def path_of_keys(field: str, value: Any) -> tuple[PublicKey, ...]:
     if not isinstance(value, list) or len(value) > MAX_HOPS - 1:
         raise MessageError(ResultCode.invalid_field,
                            f"{field} must list at most {MAX_HOPS - 1} node keys", field)
@@ -295,7 +295,7 @@ register_message("prepare", Prepare, {
     "to_node": public_key, "amount_from": POSITIVE, "amount_to": POSITIVE,
     "condition": hex256, "expires_at": timestamp,
     "order": _signed(frozenset({"payment_order"})), "quote": _signed(frozenset({"quote"})),
-    "path": _path,
+    "path": path_of_keys,
 })
 register_message("fulfil", Fulfil, {"type": literal("fulfil"), "id": hex128,
                                     "fulfilment": hex256})

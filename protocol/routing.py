@@ -98,6 +98,11 @@ class Route:
         return len(self.edges)
 
     @property
+    def fits(self) -> bool:
+        """Every line's limit is large enough for what its hop sends (room not counted)."""
+        return all(s <= self.edges[i].capacity(self.nodes[i]) for i, s in enumerate(self.sends))
+
+    @property
     def cost(self) -> int:
         """What the payer's collective sends, in its unit."""
         return self.sends[0]
@@ -123,12 +128,13 @@ def routes(
     limit: int = 5,
     avoid: frozenset[str] = frozenset(),
 ) -> list[Route]:
-    """Up to ``limit`` loop-free routes, fewest hops first, then cheapest for the payer.
+    """Up to ``limit`` loop-free routes: those whose every line's limit could carry the
+    payment first, then fewest hops, then cheapest for the payer.
 
-    Lines in ``avoid`` (ids) and inactive lines are left out, and so are routes where some
-    hop would send more than that line's limit allows (a line whose limit is too small can
-    never carry the payment; one whose room is merely used up refuses at PREPARE time and the
-    source tries the next route).
+    Lines in ``avoid`` (ids) and inactive lines are left out. A route where some hop would
+    send more than that line's limit allows comes last (it can only be refused, with the
+    line's own code: the payer learns which limit stopped it); one whose room is merely used
+    up now refuses at PREPARE time, and the source tries the next route.
     """
     adjacency: dict[PublicKey, list[Edge]] = {}
     for e in edges:
@@ -150,11 +156,9 @@ def routes(
                 if nxt == destination:
                     route_nodes, route_edges = (*nodes, nxt), (*path, e)
                     sends = amounts(route_edges, route_nodes, amount)
-                    if all(s <= route_edges[i].capacity(route_nodes[i])
-                           for i, s in enumerate(sends)):
-                        found.append(Route(route_nodes, route_edges, sends))
+                    found.append(Route(route_nodes, route_edges, sends))
                 else:
                     next_frontier.append(((*nodes, nxt), (*path, e)))
         frontier = next_frontier
-    found.sort(key=lambda r: (r.hops, r.cost, [e.line for e in r.edges]))
+    found.sort(key=lambda r: (not r.fits, r.hops, r.cost, [e.line for e in r.edges]))
     return found[:limit]

@@ -45,12 +45,14 @@ def test_fewest_hops_first_and_hop_limit():
     assert routes(lines, A, C, 10, max_hops=1) == []
 
 
-def test_suspended_avoided_and_too_small_lines_are_left_out():
+def test_suspended_and_avoided_lines_are_left_out_too_small_ones_last():
     lines = [edge("ab", A, B), edge("bc", B, C, active=False), edge("ad", A, D),
              edge("dc", D, C, b_limit=5), edge("ae", A, E), edge("ec", E, C)]
     found = routes(lines, A, C, 10)
-    assert [r.nodes for r in found] == [(A, E, C)]  # b-c suspended; d-c's limit is 5 < 10
-    assert routes(lines, A, C, 10, avoid=frozenset({"ec".ljust(32, "0")})) == []
+    # b-c is suspended; d-c's limit (5) is too small for 10, so that route comes last.
+    assert [(r.nodes, r.fits) for r in found] == [((A, E, C), True), ((A, D, C), False)]
+    assert routes(lines, A, C, 10, avoid=frozenset({"ec".ljust(32, "0"), "dc".ljust(32, "0")})
+                  ) == []
 
 
 def test_no_loops():

@@ -1,0 +1,141 @@
+"""Payments through collectives in between: three (and four) real nodes in one process.
+
+A (a time bank, minutes) has a credit line with B (a co-op, cents), and B with C (a
+bakery, cents); A has none with C. alice@A pays cy@C through B. The tests assert what the
+members and stewards of each would see: the receipt and its route, balances on three
+ledgers, each line's mirrored peer accounts, B's routing account back at zero, refusals
+that move nothing anywhere, and a second route taken when the first is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from node.config import ApiSettings, Config, FederationSettings
+from protocol.federation import ROUTING_ACCOUNT, peer_handle
+from protocol.ledger import invariant_violations
+from tests.node import test_federation as tf
+from tests.node.test_federation import CENTS, MINUTES, Side, refused, settled
+
+# Two hops need two margins of expiry, and a hold may last through both.
+CONFIG = Config(
+    api=ApiSettings(rate_per_key_per_second=1_000_000.0, rate_burst=1_000_000),
+    federation=FederationSettings(margin_ms=1000, payment_timeout_ms=2500, quote_ttl_ms=8000,
+                                  peer_timeout_ms=1000, max_hold_ms=8000),
+)
+
+
+@dataclass
+class Net:
+    a: Side
+    b: Side
+    c: Side
+    sides: list[Side]
+
+
+async def link(x: Side, y: Side, x_limit: int, y_limit: int, rate: tuple[int, int]) -> None:
+    proposed = await x.client(x.steward).propose_line(y.url, [x.steward], x_limit, y_limit,
+                                                      *rate)
+    accepted = await y.client(y.steward).accept_line(proposed["line"], [y.steward])
+    assert accepted["status"] == "active"
+
+
+@pytest.fixture
+async def net(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Net]:
+    monkeypatch.setattr(tf, "CONFIG", CONFIG)  # start_side serves nodes with tf.CONFIG
+    sides: list[Side] = []
+    try:
+        a = await tf.start_side(tmp_path, "Riverside", MINUTES, {"alice": (10_000, 10_000)},
+                                sides)
+        b = await tf.start_side(tmp_path, "Greenway", CENTS, {"bea": (10_000, 10_000)}, sides)
+        c = await tf.start_side(tmp_path, "Hilltop", CENTS, {"cy": (10_000, 10_000)}, sides)
+        await link(a, b, 3000, 6000, (2, 1))  # 2 of B's cents per minute of A's
+        await link(b, c, 5000, 1000, (1, 1))  # B may owe C 1000 cents
+        yield Net(a, b, c, sides)
+    finally:
+        for side in sides:
+            await side.close()
+
+
+def clean(*sides: Side) -> None:
+    for s in sides:
+        assert invariant_violations(s.node.ledger) == [], s.name
+
+
+async def test_a_member_pays_through_a_collective_in_between(net: Net) -> None:
+    a, b, c = net.a, net.b, net.c
+    alice = a.member("alice")
+    found = await alice.routes("Hill", 300)
+    assert found["collective"]["name"] == "Hilltop" and found["direct"] is False
+    assert [r["via"] for r in found["routes"]] == [["Greenway"]]
+    assert found["routes"][0]["cost"] == 150  # 300 cents at C = 300 at B = 150 minutes
+
+    receipt = await alice.pay_remote("alice", "cy", c.node_key.public, 300,
+                                     found["routes"][0]["cost"])
+    assert receipt["result"] == "ok"
+    assert receipt["route"] == ["Riverside", "Greenway", "Hilltop"]
+    assert (receipt["amount_paid"], receipt["amount_received"]) == (150, 300)
+    await settled(a, b, c)
+
+    assert a.account("alice")["balance"] == -150
+    assert c.account("cy")["balance"] == 300
+    # Each line's two peer accounts mirror each other at its rate; B neither won nor lost.
+    assert a.account(peer_handle(b.node_key.public))["balance"] == 150
+    assert b.account(peer_handle(a.node_key.public))["balance"] == -300
+    assert b.account(peer_handle(c.node_key.public))["balance"] == 300
+    assert c.account(peer_handle(b.node_key.public))["balance"] == -300
+    assert b.account(ROUTING_ACCOUNT) == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+    clean(a, b, c)
+    # The payer's node and the payee's show the same order, each its own side of it.
+    status = await alice.payment(receipt["order"])
+    assert [x["result"]["result"] for x in status["attempts"]] == ["ok"]
+
+
+async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:
+    a, b, c = net.a, net.b, net.c
+    before = [s.balances() for s in (a, b, c)]
+    # B may owe C at most 1000 cents: 1200 cannot pass, though A's line has room for it.
+    err = await refused(a.member("alice").pay_remote("alice", "cy", c.node_key.public, 1200,
+                                                     600))
+    assert err.code == "exceeds_line_limit" and err.status == 422
+    assert "Hilltop" in err.detail
+    await settled(a, b, c)
+    assert [s.balances() for s in (a, b, c)] == [
+        {**bal, **({ROUTING_ACCOUNT: (0, 0, 0)} if ROUTING_ACCOUNT in s.balances() else {})}
+        for bal, s in zip(before, (a, b, c))
+    ]
+    clean(a, b, c)
+
+
+async def test_an_unknown_collective_and_a_payee_missing_at_the_end(net: Net) -> None:
+    a, c = net.a, net.c
+    alice = a.member("alice")
+    err = await refused(alice.routes("Nowhere"))
+    assert err.code == "not_found" and "Hilltop" in err.detail
+    err = await refused(alice.pay_remote("alice", "zed", c.node_key.public, 10, 10))
+    assert err.code == "account_not_found"
+    assert a.account("alice")["balance"] == 0
+
+
+async def test_when_the_first_route_is_down_the_payment_goes_another_way(
+        net: Net, tmp_path: Path) -> None:
+    a, b, c = net.a, net.b, net.c
+    d = await tf.start_side(tmp_path, "Dale", CENTS, {"dee": (10_000, 10_000)}, net.sides)
+    await link(a, d, 3000, 6000, (2, 1))
+    await link(d, c, 5000, 1000, (1, 1))
+    await b.close()  # B is down: quotes through it cannot be had
+    net.sides.remove(b)
+    receipt = await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 100, 50)
+    assert receipt["route"] == ["Riverside", "Dale", "Hilltop"]
+    await settled(a, c, d)
+    assert c.account("cy")["balance"] == 100
+    assert d.account(ROUTING_ACCOUNT)["balance"] == 0
+    # The order was paid once: the payee's node fulfilled one attempt of it.
+    status = await c.client(c.steward).payment(receipt["order"])
+    assert [x["result"] for x in status["attempts"]].count(None) == len(status["attempts"])
+    assert sum(1 for x in status["attempts"] if x["hold"] == "posted") == 1
+    clean(a, c, d)
