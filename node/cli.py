@@ -741,6 +741,31 @@ def cmd_peer_list(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run, key))
 
 
+def cmd_peer_status(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = home.key() if home.has_key() else steward_keys(args)[0]
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        status = await client.lines_status()
+        out = []
+        for r in status["lines"]:
+            ours = r["ours"]["msg"]
+            out.append(f"{r['peer']:24} {r['verdict'].upper():11} {r['detail']}"
+                       f"\n    line {r['line']} v{ours['version']}: flowed A->B "
+                       f"{ours['sum_a']} (A's unit), {ours['sum_b']} (B's unit); "
+                       f"{len(ours['in_flight'])} in flight")
+        if any(r["verdict"] == "mismatch" for r in status["lines"]):
+            out.append("A MISMATCH means the two ledgers disagree about settled payments: "
+                       "both signed statements are in the node's log and `--json` output; "
+                       "take them to the other collective's stewards.")
+        emit(args, "\n".join(out) or "No credit lines yet: `tally peer propose URL --limit X`.",
+             status)
+        if any(r["verdict"] == "mismatch" for r in status["lines"]):
+            raise SystemExit(1)
+
+    asyncio.run(with_client(args, run, key))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from node.demo import run_demo
 
@@ -916,6 +941,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = psub.add_parser("list", parents=[client_opts, steward_opts],
                         help="credit lines, their balances and proposals")
     p.set_defaults(func=cmd_peer_list)
+    p = psub.add_parser("status", parents=[client_opts, steward_opts],
+                        help="reconcile every line now: do both ledgers agree on what "
+                        "flowed across it? (exit 1 on a mismatch)")
+    p.set_defaults(func=cmd_peer_status)
 
     p = sub.add_parser("verify", parents=[client_opts],
                        help="check that your transfers are in the node's log and it was "

@@ -356,6 +356,10 @@ class TallyClient:
         query = urlencode({"to": to, **({"amount": str(amount)} if amount is not None else {})})
         return (await self._request("GET", f"/v1/routes?{query}", signed=True))[1]  # type: ignore[no-any-return]
 
+    async def lines_status(self) -> dict[str, Any]:
+        """Reconcile every credit line now (see ``GET /v1/lines/status``)."""
+        return (await self._request("GET", "/v1/lines/status", signed=True))[1]  # type: ignore[no-any-return]
+
     async def lines(self) -> dict[str, Any]:
         return (await self._request("GET", "/v1/lines", signed=True))[1]  # type: ignore[no-any-return]
 

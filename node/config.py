@@ -80,6 +80,8 @@ class FederationSettings:
     max_hops: int = 4
     max_routes: int = 3
     graph_refresh_ms: int = 30000
+    # How often to exchange signed statements of each line with its other collective.
+    statement_interval_ms: int = 60000
 
 
 @dataclass(frozen=True)
@@ -106,9 +108,10 @@ class Config:
             raise ConfigError("[federation] payment_timeout_ms must be at least twice margin_ms")
         if fed.max_hold_ms < fed.payment_timeout_ms:
             raise ConfigError("[federation] max_hold_ms must be at least payment_timeout_ms")
-        if not 1 <= fed.max_hops <= 8 or fed.max_routes < 1 or fed.graph_refresh_ms < 1000:
+        if not 1 <= fed.max_hops <= 8 or fed.max_routes < 1 or fed.graph_refresh_ms < 1000 \
+                or fed.statement_interval_ms < 1000:
             raise ConfigError("[federation] max_hops must be 1 to 8, max_routes at least 1, "
-                              "graph_refresh_ms at least 1000")
+                              "graph_refresh_ms and statement_interval_ms at least 1000")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -46,10 +46,12 @@ from protocol.federation import (
     Prepare,
     Quote,
     Reject,
+    Statement,
     condition_of,
 )
 from protocol.ledger import Outcome
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
+from protocol.reconcile import compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
 
 if TYPE_CHECKING:
@@ -186,6 +188,7 @@ class Federation:
         # Lines between other collectives, as their peers reported them (both nodes signed).
         self.learned: dict[str, Signed] = {}
         self.extra_edges: Any = None  # a callable giving more edges (gossip), if any
+        self.reconciled: dict[str, dict[str, Any]] = {}  # line id -> the latest comparison
         self.tasks: set[asyncio.Task[Any]] = set()
         # Destination: PREPAREs of one order are handled one at a time, so that at most one
         # attempt per order is ever fulfilled (order id -> [lock, users]).
@@ -226,6 +229,7 @@ class Federation:
                 self._spawn(self._drive_outbound(record))
         self._spawn(self._ticker())
         self._spawn(self._graph_loop())
+        self._spawn(self._reconcile_loop())
 
     async def stop(self) -> None:
         for task in list(self.tasks):
@@ -1218,3 +1222,83 @@ class Federation:
                                 "hold": doc["hold"], "result": doc["result"],
                                 "payer": order["payer"], "payee": order["payee"]})
         return out
+
+    # --- reconciliation -----------------------------------------------------------------------
+
+    def our_statement(self, line_id: str) -> Signed:
+        state = self.node.ledger
+        return sign_message(statement(state, line_id, self.now(), state.size),
+                            self.node.node_key)
+
+    def _check_statement(self, signed: Signed, sender: PublicKey) -> Line:
+        st = signed.msg
+        if not isinstance(st, Statement):
+            raise FederationError(ResultCode.invalid_field, "not a statement")
+        current = self.node.ledger.lines.get(st.line)
+        line = current.msg if current is not None else None
+        if not isinstance(line, Line):
+            raise FederationError(ResultCode.line_not_found, f"no credit line {st.line}")
+        good, all_good = signed.verified_signers()
+        if not all_good or len(signed.sigs) != 1 or not signer_ok(line, st, sender) or \
+                sender not in good or sender == self.key:
+            raise FederationError(ResultCode.bad_signature,
+                                  "a statement is signed by the other node of its line")
+        return line
+
+    async def _compared(self, ours: Signed, theirs: Signed, line: Line) -> dict[str, Any]:
+        verdict, detail = compare(ours.msg, theirs.msg)  # type: ignore[arg-type]
+        result = {"line": line.id, "peer": line.other(self.key).name, "verdict": verdict,
+                  "detail": detail, "ours": ours.to_json(), "theirs": theirs.to_json(),
+                  "at": self.now()}
+        self.reconciled[line.id] = result
+        if verdict == "mismatch":
+            log.warning("STATEMENT MISMATCH on the line with %s: %s", result["peer"], detail)
+            await self._record_statement_mismatch(line, ours, theirs, detail)
+        return result
+
+    async def _record_statement_mismatch(self, line: Line, ours: Signed, theirs: Signed,
+                                         detail: str) -> None:
+        log.warning("DISPUTE statement_mismatch on line %s: ours %s theirs %s (%s)", line.id,
+                    ours.to_json(), theirs.to_json(), detail)
+
+    async def receive_statement(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
+        """A peer's statement of our line: answer with ours, and compare them."""
+        line = self._check_statement(signed, sender)
+        ours = self.our_statement(line.id)
+        await self._compared(ours, signed, line)
+        return {"statement": ours.to_json()}
+
+    async def reconcile(self, line_id: str) -> dict[str, Any]:
+        """Exchange statements of one line with its other node now, and compare them."""
+        current = self.node.ledger.lines.get(line_id)
+        line = current.msg if current is not None else None
+        if not isinstance(line, Line):
+            raise FederationError(ResultCode.line_not_found, f"no credit line {line_id}")
+        peer = line.other(self.key).node_key
+        ours = self.our_statement(line_id)
+        try:
+            answer = await self._peer_post(peer.key_id, "/v1/peer/statement",
+                                           {"statement": ours.to_json()})
+            theirs = parse_signed(answer["statement"], frozenset({"statement"}))
+            self._check_statement(theirs, peer)
+        except TallyError as exc:
+            result = {"line": line_id, "peer": line.other(self.key).name,
+                      "verdict": "unreachable", "detail": exc.detail, "ours": ours.to_json(),
+                      "theirs": None, "at": self.now()}
+            self.reconciled[line_id] = result
+            return result
+        except (KeyError, TypeError, MessageError) as exc:
+            raise FederationError(ResultCode.invalid_field,
+                                  f"the peer's statement is malformed: {exc}") from exc
+        return await self._compared(ours, theirs, line)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.statement_interval_ms / 1000)
+            for line_id in list(self.node.ledger.lines):
+                try:
+                    await self.reconcile(line_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.info("reconciling line %s failed: %s", line_id, exc)

@@ -473,6 +473,8 @@ def openapi_document() -> dict[str, Any]:
                     ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed "
                                 "(202 while an intermediary waits on its downstream)"),
                     ("decision", "Node to node: the upstream's decision, post or void"),
+                    ("statement", "Node to node: a signed statement of our line; answered "
+                                  "with ours"),
                 )
             },
             "/v1/peer/graph": {"get": {
@@ -487,6 +489,23 @@ def openapi_document() -> dict[str, Any]:
                                               "type": "array",
                                               "items": _ref("SignedMessage")}}}}}},
                               **_problems(401, 403, 429)}}},
+            "/v1/lines/status": {"get": {
+                "operationId": "getLinesStatus",
+                "summary": "Reconcile every credit line now: both sides' signed statements "
+                           "(line version, sums in both units, holds in flight) and the "
+                           "verdict: agree, unsettled, mismatch, or unreachable",
+                "security": SIGNED_READ,
+                "responses": {"200": {"description": "one comparison per line",
+                                      "content": {"application/json": {"schema": {
+                                          "type": "object", "required": ["lines"],
+                                          "properties": {"lines": {"type": "array", "items": {
+                                              "type": "object",
+                                              "required": ["line", "verdict", "detail",
+                                                           "ours", "theirs"],
+                                              "properties": {"verdict": {"enum": [
+                                                  "agree", "unsettled", "mismatch",
+                                                  "unreachable"]}}}}}}}}},
+                              **READ_PROBLEMS}}},
             "/v1/routes": {"get": {
                 "operationId": "getRoutes",
                 "summary": "Which collective `to` names (node key, key id or the start of its "

@@ -100,6 +100,31 @@ async def peer_prepare(request: web.Request) -> web.Response:
     return web.json_response({answer.msg.type: answer.to_json()})
 
 
+async def peer_statement(request: web.Request) -> web.Response:
+    """A peer's signed statement of our line; the answer is ours, and both are compared."""
+    sender = await authenticate_peer(request)
+    body = await _body(request,
+                       {"statement": lambda f, v: parse_signed(v, frozenset({"statement"}), f)})
+    try:
+        return web.json_response(await _fed(request).receive_statement(body["statement"],
+                                                                       sender))
+    except FederationError as exc:
+        raise _problem(exc) from exc
+
+
+async def get_lines_status(request: web.Request) -> web.Response:
+    """Reconcile every line now: both sides' signed statements and what comparing shows."""
+    await authenticate(request)
+    fed = _fed(request)
+    results = []
+    for line_id in list(request.app[NODE].ledger.lines):
+        try:
+            results.append(await fed.reconcile(line_id))
+        except FederationError as exc:
+            raise _problem(exc) from exc
+    return web.json_response({"lines": results})
+
+
 async def peer_graph(request: web.Request) -> web.Response:
     """The credit lines this node knows (signed by both of each line's nodes), for routing."""
     await authenticate_peer(request)
@@ -228,6 +253,8 @@ def add_federation_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/prepare", peer_prepare)
     app.router.add_post("/v1/peer/decision", peer_decision)
     app.router.add_get("/v1/peer/graph", peer_graph)
+    app.router.add_post("/v1/peer/statement", peer_statement)
+    app.router.add_get("/v1/lines/status", get_lines_status)
     app.router.add_get("/v1/routes", get_routes)
     app.router.add_post("/v1/payments", post_payment)
     app.router.add_get("/v1/payments/{order}", get_payment)

@@ -243,6 +243,42 @@ class Decision:
         return {"type": self.type, "id": self.id, "outcome": self.outcome}
 
 
+@dataclass(frozen=True)
+class Statement:
+    """One node's account of a credit line, for reconciliation (``protocol.reconcile``):
+    ``sum_a`` and ``sum_b`` are what has flowed from A to B, net, in A's and in B's unit, by
+    every posted hold on the line; ``in_flight`` the attempts held on it now."""
+
+    line: str
+    version: int
+    node: PublicKey  # whose account this is: one of the line's two nodes
+    as_of: int  # the node's clock, ms
+    size: int  # its log's size then
+    sum_a: int
+    sum_b: int
+    in_flight: tuple[str, ...]
+    type: str = "statement"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "line": self.line, "version": self.version,
+                "node": self.node.text, "as_of": self.as_of, "size": self.size,
+                "sum_a": self.sum_a, "sum_b": self.sum_b, "in_flight": list(self.in_flight)}
+
+
+MAX_IN_FLIGHT_LISTED = 10_000
+
+
+def _attempt_ids(field: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_IN_FLIGHT_LISTED:
+        raise MessageError(ResultCode.invalid_field,
+                           f"{field} must list at most {MAX_IN_FLIGHT_LISTED} attempt ids", field)
+    ids = tuple(hex128(f"{field}[{i}]", v) for i, v in enumerate(value))
+    if list(ids) != sorted(set(ids)):
+        raise MessageError(ResultCode.invalid_field, f"{field} must be sorted, without repeats",
+                           field)
+    return ids
+
+
 def _signed(kinds: frozenset[str]) -> Checker:
     def check(field: str, value: Any) -> Signed:
         return parse_signed(value, kinds, field)
@@ -304,6 +340,13 @@ register_message("reject", Reject, {"type": literal("reject"), "id": hex128,
                                     "message": text(None, 512)})
 register_message("decision", Decision, {"type": literal("decision"), "id": hex128,
                                         "outcome": _choice("post", "void")})
+
+SIGNED_SUM = integer(-MAX_AMOUNT, MAX_AMOUNT)
+register_message("statement", Statement, {
+    "type": literal("statement"), "line": hex128, "version": integer(1, 2**31),
+    "node": public_key, "as_of": timestamp, "size": integer(0, MAX_AMOUNT),
+    "sum_a": SIGNED_SUM, "sum_b": SIGNED_SUM, "in_flight": _attempt_ids,
+})
 
 FEDERATION_TYPES = frozenset({"line", "prepare", "fulfil", "reject", "decision"})
 

@@ -85,12 +85,13 @@ class Hold:
     expires_at: int
     counterparty: str  # what the member's history shows, e.g. "bob@Greenway Food Co-op"
     state: Literal["held", "posted", "voided"] = "held"
+    peer_amount: int = 0  # the same amount in the other collective's unit, as it logs it
 
     def to_json(self) -> dict[str, object]:
         return {"key": self.key, "line": self.line, "debit": self.debit, "credit": self.credit,
                 "amount": self.amount, "condition": self.condition,
                 "expires_at": self.expires_at, "counterparty": self.counterparty,
-                "state": self.state}
+                "state": self.state, "peer_amount": self.peer_amount}
 
 
 @dataclass(frozen=True)

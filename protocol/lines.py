@@ -254,7 +254,8 @@ def _hold_out(
     peer.pending_credit += p.amount_from
     hold_key = f"{p.id}/out"
     state.holds[hold_key] = Hold(hold_key, p.line, payer.handle, peer.handle, p.amount_from,
-                                 p.condition, p.expires_at, _label(state, p, order.payee))
+                                 p.condition, p.expires_at, _label(state, p, order.payee),
+                                 peer_amount=p.amount_to)
     return _record(state, key, digest(signed), (payer.handle, peer.handle))
 
 
@@ -284,7 +285,8 @@ def _hold_in(
     order = p.order.msg
     assert isinstance(order, PaymentOrder)
     state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, payee.handle, p.amount_to,
-                                 p.condition, p.expires_at, _label(state, p, order.payer))
+                                 p.condition, p.expires_at, _label(state, p, order.payer),
+                                 peer_amount=p.amount_from)
     return _record(state, key, digest(signed), (peer.handle, payee.handle))
 
 
@@ -321,7 +323,8 @@ def _hold_transit(
     routing.pending_credit += p.amount_to
     hold_key = f"{p.id}/in"
     state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, routing.handle, p.amount_to,
-                                 p.condition, p.expires_at, _label(state, p, order.payer))
+                                 p.condition, p.expires_at, _label(state, p, order.payer),
+                                 peer_amount=p.amount_from)
     return _record(state, key, digest(signed), (peer.handle, routing.handle))
 
 
@@ -349,7 +352,8 @@ def _hold_forward(state: LedgerState, signed: Signed, p: Prepare, key: str) -> O
     peer.pending_credit += p.amount_from
     hold_key = f"{p.id}/out"
     state.holds[hold_key] = Hold(hold_key, p.line, routing.handle, peer.handle, p.amount_from,
-                                 p.condition, p.expires_at, inbound.counterparty)
+                                 p.condition, p.expires_at, inbound.counterparty,
+                                 peer_amount=p.amount_to)
     return _record(state, key, digest(signed), (routing.handle, peer.handle))
 
 

@@ -10,14 +10,16 @@ that move nothing anywhere, and a second route taken when the first is down.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from node.client import TallyClient
 from node.config import ApiSettings, Config, FederationSettings
 from protocol.federation import ROUTING_ACCOUNT, peer_handle
 from protocol.ledger import invariant_violations
+from protocol.messages import sign_message
 from tests.node import test_federation as tf
 from tests.node.test_federation import CENTS, MINUTES, Side, refused, settled
 
@@ -139,3 +141,35 @@ async def test_when_the_first_route_is_down_the_payment_goes_another_way(
     assert [x["result"] for x in status["attempts"]].count(None) == len(status["attempts"])
     assert sum(1 for x in status["attempts"] if x["hold"] == "posted") == 1
     clean(a, c, d)
+
+
+async def test_statements_agree_after_payments_and_a_lying_peer_is_caught(net: Net) -> None:
+    a, b, c = net.a, net.b, net.c
+    await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 300, 150)
+    await c.member("cy").pay_remote("cy", "alice", a.node_key.public, 40, 100)
+    await settled(a, b, c)
+    status = await a.client(a.steward).lines_status()
+    assert [(r["peer"], r["verdict"]) for r in status["lines"]] == [("Greenway", "agree")]
+    ours = status["lines"][0]["ours"]["msg"]
+    # alice sent 150 minutes (300 cents at B); cy sent her 40 minutes (80 cents at B).
+    assert (ours["sum_a"], ours["sum_b"], ours["in_flight"]) == (150 - 40, 300 - 80, [])
+    at_b = {r["peer"]: r["verdict"] for r in (await b.client(b.steward).lines_status())["lines"]}
+    assert at_b == {"Riverside": "agree", "Hilltop": "agree"}
+
+    # B lies to A: it claims less has flowed. A answers with its own statement, and keeps
+    # both as evidence of the mismatch.
+    line_id = status["lines"][0]["line"]
+    honest = b.fed.our_statement(line_id).msg
+    lie = sign_message(replace(honest, sum_a=honest.sum_a - 50), b.node_key)
+    async with TallyClient(a.url, b.node_key, retries=0) as as_b:
+        answer = await as_b._request("POST", "/v1/peer/statement",
+                                     {"statement": lie.to_json()}, signed=True)
+    assert answer[1]["statement"]["msg"]["sum_a"] == honest.sum_a
+    assert a.fed.reconciled[line_id]["verdict"] == "mismatch"
+    assert a.fed.reconciled[line_id]["theirs"] == lie.to_json()
+    # A statement signed by another key than the line's other node is refused.
+    forged = sign_message(honest, c.node_key)
+    async with TallyClient(a.url, c.node_key, retries=0) as as_c:
+        err = await refused(as_c._request("POST", "/v1/peer/statement",
+                                          {"statement": forged.to_json()}, signed=True))
+    assert err.code == "unknown_peer"  # C has no line with A at all
