@@ -55,8 +55,6 @@ from bench.procs import (
 )
 from bench.sign import Signer, member_key
 
-NOT_MEASURED = "not measured (federation not implemented)"
-
 NODE_CONFIG = """\
 # Written by the benchmark: the per-key rate limiter and the writer's queue must not be what
 # the figures measure.
@@ -138,8 +136,10 @@ class Figure:
         text = f"{self.name} {self.value:.{digits}f} {self.unit}"
         extras = []
         if self.samples and len(self.samples) > 1:
-            extras.append(f"{self.agg} of {len(self.samples)}, spread {self.spread_pct():.1f}% "
-                          f"({_fmt(min(self.samples))}–{_fmt(max(self.samples))})")
+            spread = self.spread_pct()
+            extras.append(f"{self.agg} of {len(self.samples)}, "
+                          + (f"spread {spread:.1f}% " if spread is not None else "")
+                          + f"({_fmt(min(self.samples))}–{_fmt(max(self.samples))})")
         if self.target is not None:
             extras.append(f"target {self.target.replace('>=', '≥').replace('<=', '≤')} "
                           f"{'PASS' if self.passed else 'MISS'}")
@@ -620,7 +620,11 @@ class Bench:
             if self.profile_dir is not None and want("1") and want("2"):
                 self.profile(node, signer)
             node.stop()
-        self.add(Figure("fig3.cross_collective_transfers_per_s", NOT_MEASURED, ""))
+        if want("3"):
+            from bench.fig3 import figure3
+
+            fig1 = self.figures.get("fig1.transfers_per_s")
+            figure3(self, fig1.value if fig1 and isinstance(fig1.value, float) else None)
         if want("4") or want("5"):
             self.figure4_5()
         self.note_load("end")
