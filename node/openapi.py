@@ -117,7 +117,7 @@ SCHEMAS: dict[str, Any] = {
     "Account": _obj(
         {
             "handle": HANDLE,
-            "kind": {"enum": ["member", "peer"]},
+            "kind": {"enum": ["member", "peer", "internal"]},
             "key": {"oneOf": [KEY, {"type": "null"}]},
             "balance": INT,
             "pending_debit": INT,
@@ -204,9 +204,25 @@ SCHEMAS: dict[str, Any] = {
         "order": ID, "attempts": {"type": "array", "items": {"type": "object"}}}},
     "Lines": {"type": "object", "properties": {
         "lines": {"type": "array", "items": {"type": "object"}},
-        "proposals": {"type": "array", "items": {"type": "object"}}}},
+        "proposals": {"type": "array", "items": {"type": "object"}},
+        "settlements": {"type": "array", "items": {"type": "object"},
+                        "description": "settlement proposals not yet logged; by: ours or "
+                                       "theirs"}}},
     "LineRequest": _obj({"line": _ref("SignedMessage"), "url": {"type": "string"},
-                         "action": {"enum": ["propose", "accept"]}}),
+                         "action": {"enum": ["propose", "accept", "suspend"]}}),
+    "SettlementRequest": _obj({"settlement": _ref("SignedMessage"),
+                               "action": {"enum": ["propose", "accept"]}}),
+    "Dispute": _obj({
+        "id": ID, "kind": {"type": "string", "description": "late_fulfilment, "
+                           "intermediary_loss, statement_mismatch"},
+        "peer": {"type": "string", "description": "the peer node's key id"},
+        "peer_name": {"type": ["string", "null"]}, "line": ID, "attempt": ID,
+        "created": TIME,
+        "evidence": {"type": "object", "description": "the signed messages that show it"},
+        "resolved": {"type": "boolean"}, "note": {"type": ["string", "null"]}}),
+    "Disputes": _obj({"disputes": {"type": "array", "items": _ref("Dispute")}}),
+    "DisputeResolved": _obj({"id": ID, "resolved": {"const": True},
+                             "note": {"type": "string"}}),
 }
 
 
@@ -442,6 +458,31 @@ def openapi_document() -> dict[str, Any]:
                                                "content": {"application/json": {}}},
                                        **_problems(400, 401, 404, 409, 422)}},
             },
+            "/v1/settlements": {"post": {
+                "operationId": "postSettlement",
+                "summary": "Stewards propose a settlement of a credit line out of band "
+                           "(action propose), or accept the other collective's (accept)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("SettlementRequest")}}},
+                "responses": {"201": {"description": "proposed, or settled on both ledgers",
+                                      "content": {"application/json": {}}},
+                              **_problems(400, 401, 404, 409, 422)}}},
+            "/v1/disputes": {"get": {
+                "operationId": "getDisputes",
+                "summary": "Disputes with peers and their signed evidence (stewards only); "
+                           "?all=1 includes resolved ones",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "all", "in": "query",
+                                "schema": {"enum": ["0", "1"]}}],
+                "responses": {"200": _json("Disputes", "the disputes"), **READ_PROBLEMS}}},
+            "/v1/disputes/{id}/resolve": {"post": {
+                "operationId": "resolveDispute",
+                "summary": "Mark a dispute resolved, with a note (stewards only)",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": ID}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _obj({"note": {"type": "string", "maxLength": 500}})}}},
+                "responses": {"200": _json("DisputeResolved", "resolved"), **READ_PROBLEMS}}},
             **{
                 f"/v1/peer/{name}": {"post": {
                     "operationId": f"peer{name.capitalize()}",
@@ -457,6 +498,10 @@ def openapi_document() -> dict[str, Any]:
                     ("quote", "Node to node: ask the payee's collective for a signed quote"),
                     ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed"),
                     ("decision", "Node to node: the upstream's decision, post or void"),
+                    ("settlements", "Node to node: propose a line settlement, or accept "
+                                    "ours"),
+                    ("suspension", "Node to node: the sender's stewards suspended the line "
+                                   "alone"),
                 )
             },
             "/v1/events/{id}": {
