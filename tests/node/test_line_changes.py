@@ -32,7 +32,6 @@ from tests.node.test_federation import (  # noqa: F401  (fixtures)
     settled,
 )
 
-
 # --- disputes -----------------------------------------------------------------------------
 
 
@@ -256,7 +255,7 @@ async def test_a_settlement_needs_the_accepting_sides_stewards(linked: Pair) -> 
     await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30)
     await settled(a, b)
     assert linked.line is not None
-    proposed = await a.client(a.steward).propose_settlement(linked.line.id, [a.steward], 10)
+    await a.client(a.steward).propose_settlement(linked.line.id, [a.steward], 10)
     (pending,) = (await b.client(b.steward).lines())["settlements"]
     terms = parse_message(pending["terms"], frozenset({"line_settlement"}))
     # Signed by A's steward, who is no steward of B.
