@@ -8,7 +8,9 @@ evidence, refusals with their codes, both ledgers' peer accounts, and a replay o
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,7 @@ from tests.node.test_federation import (  # noqa: F401  (fixtures)
     restart,
     settled,
 )
+from tests.node.test_verify_audit import cli
 
 # --- disputes -----------------------------------------------------------------------------
 
@@ -269,3 +272,43 @@ async def test_a_settlement_needs_the_accepting_sides_stewards(linked: Pair) -> 
                                                                10_000))
     assert err.code == "exceeds_line_balance"
     assert [x["by"] for x in (await a.client(a.steward).lines())["settlements"]] == ["ours"]
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+async def test_stewards_suspend_settle_and_read_disputes_with_the_tally_command(
+    linked: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    a, b = linked.a, linked.b
+    await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30)
+    await settled(a, b)  # A owes B 20 minutes (30 cents)
+
+    def at(side: Side) -> list[str]:
+        return ["--node", side.url, "--home", str(tmp_path / side.name),
+                "--steward-key", str(side.node.data_dir / "steward.key")]
+
+    code, out, err = await cli(capsys, "peer", "settle", "greenway", "0.5", *at(a))
+    assert code == 1 and "settle at most" in err, err
+    code, out, err = await cli(capsys, "peer", "settle", "greenway", "0.25", "--reference",
+                               "ref 17", *at(a), "--json")
+    assert code == 0, err
+    settlement_id = json.loads(out)["settlement"]
+    code, out, err = await cli(capsys, "peer", "list", *at(b))
+    assert code == 0, err
+    assert f"tally peer accept {settlement_id}" in out and "'ref 17'" in out
+    code, out, err = await cli(capsys, "peer", "accept", settlement_id, *at(b))
+    assert code == 0 and "logged on both ledgers" in out, err
+    assert a.account(linked.peer_at_a)["balance"] == 20 - 15  # 0.25 hours = 15 minutes
+    assert b.account(linked.peer_at_b)["balance"] == -30 + converted(15)
+
+    code, out, err = await cli(capsys, "peer", "suspend", "greenway", *at(a))
+    assert code == 0 and "suspended" in out and "they were told" in out, err
+    assert b.fed.line_with(a.node_key.public).status == "suspended"  # type: ignore[union-attr]
+
+    code, out, err = await cli(capsys, "disputes", *at(a))
+    assert (code, out.strip()) == (0, "No open disputes (`--all` shows resolved ones).")
+    code, out, err = await cli(capsys, "disputes", *at(a), "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out, err = await cli(capsys, "disputes", "resolve", "0" * 32, "--note", "x", *at(a))
+    assert code == 1 and "not_found" in err
