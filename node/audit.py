@@ -43,7 +43,9 @@ from crypto.tiles import (
     tiles_for_size,
 )
 from node.client import TallyClient, TallyError
+from protocol.federation import SETTLEMENT_ACCOUNT, LineSettlement
 from protocol.ledger import LedgerState, Policy, apply, invariant_violations, new_state
+from protocol.lines import settlement_effect
 from protocol.messages import MessageError, Transfer, parse_log_entry
 
 Fetch = Callable[[str, bool], Awaitable[bytes]]  # (path under the log, needs a signature)
@@ -273,6 +275,10 @@ class Replayer:
         if isinstance(msg, Transfer):
             self.sums[msg.payer] = self.sums.get(msg.payer, 0) - msg.amount
             self.sums[msg.payee] = self.sums.get(msg.payee, 0) + msg.amount
+        elif isinstance(msg, LineSettlement):
+            handle, delta = settlement_effect(self.state, msg)
+            self.sums[handle] = self.sums.get(handle, 0) + delta
+            self.sums[SETTLEMENT_ACCOUNT] = self.sums.get(SETTLEMENT_ACCOUNT, 0) - delta
 
     def finish(self, report: AuditReport) -> LedgerState | None:
         state = self.state
@@ -297,7 +303,8 @@ class Replayer:
         total = sum(a.balance for a in state.accounts.values())
         report.check(total == 0, f"balances sum to zero ({total})")
         mismatched = [h for h, a in state.accounts.items() if a.balance != sums.get(h, 0)]
-        report.check(not mismatched, "each balance is the sum of its transfers and posted holds"
+        report.check(not mismatched, "each balance is the sum of its transfers, posted holds "
+                     "and settlements"
                      + (f" (not: {', '.join(mismatched[:5])})" if mismatched else ""))
         report.check(not violations, "every balance is within its limits, pending amounts "
                      "match open holds"

@@ -49,6 +49,9 @@ HINTS = {
     "expired": "The signed request expired before it reached the node; retry.",
     "unreachable": "Is the node running? Start one with `tally node run`, or pass --node URL.",
     "rate_limited": "Slow down and retry in a moment.",
+    "line_suspended": "The credit line is suspended: no new payments until both collectives' "
+    "stewards resume it (`tally peer change LINE --resume`).",
+    "exceeds_line_balance": "Settle at most what is owed on the line now: `tally peer list`.",
 }
 
 
@@ -452,6 +455,24 @@ def cmd_act_submit(args: argparse.Namespace) -> None:
 # --- members ----------------------------------------------------------------------------------
 
 
+def _find_line(listing: dict[str, Any], where: str) -> dict[str, Any]:
+    """A line by the other collective's node key, key id, or pinned name (a label only: the
+    key it stands for was pinned when the line was signed)."""
+    matches = [
+        line for line in listing["lines"]
+        if where in (line["peer"]["node_key"], line["peer"]["node_key"][:16])
+        or line["peer"]["name"].lower().startswith(where.lower())
+        or PublicKey.parse(line["peer"]["node_key"]).key_id.startswith(where.lower())
+    ]
+    if not matches:
+        names = ", ".join(line["peer"]["name"] for line in listing["lines"]) or "none yet"
+        raise CliError(f"no credit line with {where!r} (lines with: {names}); "
+                       "see `tally peer list`")
+    if len(matches) > 1:
+        raise CliError(f"{where!r} names several collectives; use its node key")
+    return matches[0]
+
+
 async def _pay_across(args: argparse.Namespace, client: TallyClient, info: NodeInfo,
                       home: Home, payee: str, where: str) -> None:
     """Pay a member of another collective: directly over a credit line with it, or through
@@ -683,6 +704,13 @@ def cmd_peer_propose(args: argparse.Namespace) -> None:
 
 def cmd_peer_accept(args: argparse.Namespace) -> None:
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        client.key = steward_keys(args)[0]
+        listing = await client.lines()
+        if any(x["id"] == args.line for x in listing.get("settlements", [])):
+            done = await client.accept_settlement(args.line, steward_keys(args))
+            emit(args, f"Settlement {args.line} is logged on both ledgers (log index "
+                 f"{done.get('index')}).", done)
+            return
         result = await client.accept_line(args.line, steward_keys(args))
         emit(args, f"Credit line {args.line} is {result.get('status', 'active')} "
              f"(version {result.get('version', 1)}, log index {result.get('index')}).", result)
@@ -711,6 +739,75 @@ def cmd_peer_change(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run))
 
 
+def cmd_peer_suspend(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        client.key = steward_keys(args)[0]
+        line = _find_line(await client.lines(), args.peer)
+        result = await client.suspend_line(line["id"], steward_keys(args))
+        told = ("they were told" if result.get("delivered") else
+                "they could not be told yet: run this again to resend it")
+        emit(args, f"Credit line with {line['peer']['name']} is suspended (version "
+             f"{result['version']}): no new payments either way; {told}. Payments in flight "
+             f"still settle. Resume with `tally peer change {line['id']} --resume` (both sides "
+             "must agree).", result)
+
+    asyncio.run(with_client(args, run))
+
+
+def cmd_peer_settle(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        client.key = steward_keys(args)[0]
+        line = _find_line(await client.lines(), args.peer)
+        amount = amount_arg(args.amount, info.unit, "amount")
+        balance = line["account"]["balance"] if line["account"] else 0
+        if balance == 0:
+            raise CliError(f"nothing is owed on the line with {line['peer']['name']}: "
+                           "nothing to settle")
+        if amount > abs(balance):
+            raise CliError(f"only {format_amount(abs(balance), info.unit)} is owed on the line "
+                           f"with {line['peer']['name']}: settle at most that")
+        result = await client.propose_settlement(line["id"], steward_keys(args), amount,
+                                                 args.reference or "")
+        who = "we paid them" if balance > 0 else "they paid us"
+        emit(args, f"Proposed settlement {result['settlement']}: {who} "
+             f"{format_amount(amount, info.unit)} outside Tally. It is logged when "
+             f"{line['peer']['name']}'s stewards run `tally peer accept "
+             f"{result['settlement']}`.", result)
+
+    asyncio.run(with_client(args, run))
+
+
+def _dispute_line(d: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(d["created"] / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    state = f"resolved: {d['note']}" if d["resolved"] else "open"
+    return (f"{d['id']}  {d['kind']:18} {d['peer_name'] or d['peer']:20} {when}  {state}"
+            f"\n    line {d['line']}, attempt {d['attempt']}")
+
+
+def cmd_disputes(args: argparse.Namespace) -> None:
+    key = steward_keys(args)[0]
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        disputes = await client.disputes(include_resolved=args.all)
+        emit(args, "\n".join(_dispute_line(d) for d in disputes) or
+             ("No disputes." if args.all else "No open disputes (`--all` shows resolved "
+              "ones)."), disputes)
+
+    asyncio.run(with_client(args, run, key))
+
+
+def cmd_disputes_resolve(args: argparse.Namespace) -> None:
+    key = steward_keys(args)[0]
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        result = await client.resolve_dispute(args.id, args.note)
+        emit(args, f"Dispute {args.id} is marked resolved.", result)
+
+    asyncio.run(with_client(args, run, key))
+
+
 def cmd_peer_list(args: argparse.Namespace) -> None:
     home = home_of(args)
     key = home.key() if home.has_key() else steward_keys(args)[0]
@@ -735,6 +832,13 @@ def cmd_peer_list(args: argparse.Namespace) -> None:
             other = terms["a"] if terms["b"]["node_key"] == info.node_key.text else terms["b"]
             out.append(f"proposal {p['id']} from {other['name']!r}: accept with "
                        f"`tally peer accept {p['id']}`")
+        for x in listing.get("settlements", []):
+            terms = x["terms"]
+            if x["by"] == "theirs":
+                out.append(f"settlement {x['id']} proposed to us ({terms['reference']!r}): "
+                           f"accept with `tally peer accept {x['id']}`")
+            else:
+                out.append(f"settlement {x['id']} proposed by us, awaiting their stewards")
         emit(args, "\n".join(out) or "No credit lines yet: `tally peer propose URL --limit X`.",
              listing)
 
@@ -945,6 +1049,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reconcile every line now: do both ledgers agree on what "
                         "flowed across it? (exit 1 on a mismatch)")
     p.set_defaults(func=cmd_peer_status)
+    p = psub.add_parser("suspend", parents=[client_opts, steward_opts],
+                        help="suspend a line by our stewards alone: no new payments either way")
+    p.add_argument("peer", help="the other collective: its name as `tally peer list` shows "
+                   "it, or its node key")
+    p.set_defaults(func=cmd_peer_suspend)
+    p = psub.add_parser("settle", parents=[client_opts, steward_opts],
+                        help="record that what is owed on a line was (partly) paid outside "
+                        "Tally; their stewards accept it")
+    p.add_argument("peer", help="the other collective: its name or node key")
+    p.add_argument("amount", help="how much was paid, in our unit (converted at the line's "
+                   "rate, rounded down)")
+    p.add_argument("--reference", metavar="TEXT",
+                   help="a short reference both sides can look up, e.g. a bank reference "
+                   "(at most 64 characters; it stays in both logs: no personal data)")
+    p.set_defaults(func=cmd_peer_settle)
+
+    p = sub.add_parser("disputes", parents=[client_opts, steward_opts],
+                       help="disputes with other collectives and their signed evidence "
+                       "(stewards)")
+    p.add_argument("--all", action="store_true", help="resolved ones too")
+    p.set_defaults(func=cmd_disputes)
+    dsub = p.add_subparsers(dest="disputes_command", metavar="ACTION")
+    p = dsub.add_parser("resolve", parents=[client_opts, steward_opts],
+                        help="mark a dispute resolved, with a note of how")
+    p.add_argument("id", help="the dispute id `tally disputes` shows")
+    p.add_argument("--note", required=True, help="how it was resolved")
+    p.add_argument("--all", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_disputes_resolve)
 
     p = sub.add_parser("verify", parents=[client_opts],
                        help="check that your transfers are in the node's log and it was "

@@ -29,7 +29,7 @@ import yarl
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import PublicKey, SecretKey, b64url
-from protocol.federation import Line, Party, PaymentOrder
+from protocol.federation import Line, LineSettlement, Party, PaymentOrder
 from protocol.ledger import memo_hash
 from protocol.messages import (
     Admit,
@@ -41,6 +41,7 @@ from protocol.messages import (
     Signed,
     Transfer,
     Unit,
+    parse_message,
     sign_message,
 )
 
@@ -438,6 +439,81 @@ class TallyClient:
         line = parse_message(terms, frozenset({"line"}))
         body = {"line": sign_message(line, *stewards).to_json(), "url": "", "action": "accept"}
         return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def _current_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        self_key = self.key
+        self.key = stewards[0]
+        try:
+            listing = await self.lines()
+        finally:
+            self.key = self_key
+        current = next((x for x in listing["lines"] if x["id"] == line_id), None)
+        if current is None:
+            raise TallyError("line_not_found", f"no credit line {line_id} here")
+        return current  # type: ignore[no-any-return]
+
+    async def suspend_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        """Suspend a line by this collective's stewards alone: no new payments either way.
+        If it is suspended already, the node sends it to the peer again."""
+        current = await self._current_line(line_id, stewards)
+        line: Any = parse_message(current["terms"], frozenset({"line"}))
+        assert isinstance(line, Line)
+        if line.status == "active":
+            line = Line(line.id, line.version + 1, line.a, line.b, line.a_limit, line.b_limit,
+                        line.rate_num, line.rate_den, "suspended", now_ms() + 3600_000)
+        body = {"line": sign_message(line, *stewards).to_json(), "url": "",
+                "action": "suspend"}
+        return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def propose_settlement(self, line_id: str, stewards: Sequence[SecretKey],
+                                 amount: int, reference: str = "") -> dict[str, Any]:
+        """Propose a settlement out of band of ``amount`` (in our unit): whoever owes on the
+        line now paid the other that much outside Tally. The peer's stewards accept it."""
+        current = await self._current_line(line_id, stewards)
+        line = parse_message(current["terms"], frozenset({"line"}))
+        assert isinstance(line, Line)
+        mine = await self.info()
+        ours = "a" if line.a.node_key == mine.node_key else "b"
+        theirs = "b" if ours == "a" else "a"
+        balance = current["account"]["balance"] if current["account"] else 0
+        if balance == 0:
+            raise TallyError("exceeds_line_balance", "nothing is owed on this line: "
+                             "there is nothing to settle")
+        other_amount = line.convert(amount, ours)  # type: ignore[arg-type]
+        amount_a, amount_b = (amount, other_amount) if ours == "a" else (other_amount, amount)
+        settlement = LineSettlement(new_id(), line.id, current["next_settlement"],
+                                    ours if balance > 0 else theirs,  # type: ignore[arg-type]
+                                    amount_a, amount_b, reference, now_ms() + 7 * 24 * 3600_000)
+        body = {"settlement": sign_message(settlement, *stewards).to_json(),  # type: ignore[arg-type]
+                "action": "propose"}
+        return (await self._request("POST", "/v1/settlements", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def accept_settlement(self, settlement_id: str,
+                                stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        """Accept a settlement the other collective proposed, as this collective's stewards."""
+        self_key = self.key
+        self.key = stewards[0]
+        try:
+            listing = await self.lines()
+        finally:
+            self.key = self_key
+        terms = next((x["terms"] for x in listing.get("settlements", [])
+                      if x["id"] == settlement_id and x["by"] == "theirs"), None)
+        if terms is None:
+            raise TallyError("not_found", f"no settlement {settlement_id} proposed to us")
+        settlement = parse_message(terms, frozenset({"line_settlement"}))
+        body = {"settlement": sign_message(settlement, *stewards).to_json(), "action": "accept"}
+        return (await self._request("POST", "/v1/settlements", body, idempotent=False))[1]  # type: ignore[no-any-return]
+
+    async def disputes(self, include_resolved: bool = False) -> list[dict[str, Any]]:
+        """The disputes with peers (a steward's signed read)."""
+        path = "/v1/disputes" + ("?all=1" if include_resolved else "")
+        return (await self.get_json(path, signed=True))["disputes"]  # type: ignore[no-any-return]
+
+    async def resolve_dispute(self, dispute_id: str, note: str) -> dict[str, Any]:
+        path = f"/v1/disputes/{dispute_id}/resolve"
+        return (await self._request("POST", path, {"note": note}, signed=True,  # type: ignore[no-any-return]
+                                    idempotent=False))[1]
 
     # --- stewards ----------------------------------------------------------------------
 

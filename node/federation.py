@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from protocol.federation import (
     Decision,
     Fulfil,
     Line,
+    LineSettlement,
     PaymentOrder,
     Prepare,
     Quote,
@@ -50,6 +52,7 @@ from protocol.federation import (
     condition_of,
 )
 from protocol.ledger import Outcome
+from protocol.lines import is_suspension_of, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
 from protocol.reconcile import compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
@@ -189,6 +192,8 @@ class Federation:
         self.learned: dict[str, Signed] = {}
         self.extra_edges: Any = None  # a callable giving more edges (gossip), if any
         self.reconciled: dict[str, dict[str, Any]] = {}  # line id -> the latest comparison
+        # Settlement proposals not yet logged: id -> (signed, "ours" or "theirs").
+        self.settlements: dict[str, tuple[Signed, str]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         # Destination: PREPAREs of one order are handled one at a time, so that at most one
         # attempt per order is ever fulfilled (order id -> [lock, users]).
@@ -217,6 +222,7 @@ class Federation:
             async for row in cur:
                 doc = json.loads(row[1])
                 self.proposals[row[0].split(":", 1)[1]] = (parse_signed(doc["line"]), doc["url"])
+        await self.load_settlements()
         async with db.execute("SELECT doc FROM payments WHERE finished = 0") as cur:
             async for row in cur:
                 record = PaymentRecord.from_json(json.loads(row[0]))
@@ -808,6 +814,7 @@ class Federation:
             raise FederationError(ResultCode.condition_mismatch, str(exc)) from exc
         p = record.outbound.msg
         assert isinstance(p, Prepare)
+        late: Signed | None = None  # a valid fulfilment that came too late: evidence
         i = 0
         while i < len(actions):
             action = actions[i]
@@ -817,6 +824,7 @@ class Federation:
                 outcome = await self._log(signed)
                 if outcome.code == ResultCode.too_late:  # our clock moved on meanwhile
                     new, actions = sm.step(record.payment, sm.Tick(), p.expires_at)
+                    late = signed  # kept as evidence once our void is logged
                     i = 0
                     continue
                 self._check_logged(outcome, p.id)
@@ -832,8 +840,10 @@ class Federation:
                                             reason or "the payment failed downstream")
             elif isinstance(action, sm.RecordLoss):
                 await self._dispute("loss", record, signed)
-            elif isinstance(action, sm.RecordLateFulfilment):
-                await self._dispute("late_fulfilment", record, signed)
+            elif isinstance(action, sm.RecordLateFulfilment) and signed is not None:
+                late = signed
+        if late is not None:
+            await self._record_late_fulfilment(record, late)
         record.payment = new
         if new.outbound == sm.Out.posted:
             record.result = {"result": "ok", "fulfilment": new.fulfilment.hex()
@@ -853,9 +863,21 @@ class Federation:
         record.done.set()
 
     async def _dispute(self, kind: str, record: PaymentRecord, evidence: Signed | None) -> None:
-        """A loss or a late fulfilment: kept with its signed evidence for the stewards."""
-        log.warning("DISPUTE %s on payment %s with %s: %s", kind, record.payment.id,
-                    record.peer, evidence.to_json() if evidence else None)
+        """An intermediary's loss: it paid downstream (the downstream's FULFIL, in time by
+        our clock) and its upstream voided. Kept with the signed evidence for the stewards;
+        the loss itself is in our ``~routing`` account."""
+        inbound, outbound = record.prepare.msg, record.outbound.msg
+        assert isinstance(inbound, Prepare) and isinstance(outbound, Prepare)
+        log.warning("DISPUTE %s on payment %s: paid downstream, voided upstream", kind,
+                    record.payment.id)
+        fulfil = await self._logged(f"fulfil/{outbound.id}/{outbound.to_node.key_id}")
+        void = await self._logged(f"decision/{inbound.id}/{inbound.from_node.key_id}")
+        await self.record_dispute(kind, inbound.from_node, inbound.line, record.payment.id, {
+            "prepare_in": record.prepare.to_json(), "prepare_out": record.outbound.to_json(),
+            "fulfil": fulfil.to_json() if fulfil else (evidence.to_json() if evidence else None),
+            "void": void.to_json() if void else None,
+            "loss": outbound.amount_from,
+        })
 
     @staticmethod
     def _check_logged(outcome: Outcome, attempt_id: str) -> None:
@@ -1258,8 +1280,13 @@ class Federation:
 
     async def _record_statement_mismatch(self, line: Line, ours: Signed, theirs: Signed,
                                          detail: str) -> None:
-        log.warning("DISPUTE statement_mismatch on line %s: ours %s theirs %s (%s)", line.id,
-                    ours.to_json(), theirs.to_json(), detail)
+        st = theirs.msg
+        assert isinstance(st, Statement)
+        # One dispute per pair of statements (their signed time tells them apart).
+        attempt = hashlib.sha256(f"{line.id}/{st.as_of}/{st.size}".encode()).hexdigest()[:32]
+        await self.record_dispute("statement_mismatch", line.other(self.key).node_key, line.id,
+                                  attempt, {"ours": ours.to_json(), "theirs": theirs.to_json(),
+                                            "detail": detail})
 
     async def receive_statement(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
         """A peer's statement of our line: answer with ours, and compare them."""
@@ -1302,3 +1329,264 @@ class Federation:
                     raise
                 except Exception as exc:
                     log.info("reconciling line %s failed: %s", line_id, exc)
+
+    # --- disputes ---------------------------------------------------------------------------
+
+    async def record_dispute(self, kind: str, peer: PublicKey | str, line: str, attempt: str,
+                             evidence: dict[str, Any]) -> str:
+        """Keep what went wrong with a peer, and the signed messages that show it; the id of
+        the dispute. Idempotent per (kind, attempt): a second call returns the first id.
+
+        A dispute is never applied to the balances: the stewards of both collectives settle
+        it between themselves (a line settlement, say) and mark it resolved.
+        """
+        peer_id = peer.key_id if isinstance(peer, PublicKey) else peer
+        fresh = os.urandom(16).hex()
+        doc = json.dumps(evidence, sort_keys=True)
+        now = self.now()
+        found: list[str] = []
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT OR IGNORE INTO disputes (id, kind, peer, line, attempt, created, "
+                "evidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (fresh, kind, peer_id, line, attempt, now, doc),
+            )
+            async with db.execute("SELECT id FROM disputes WHERE kind = ? AND attempt = ?",
+                                  (kind, attempt)) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            found.append(str(row[0]))
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+        if found[0] == fresh:
+            log.warning("dispute %s recorded: %s with peer %s on line %s (attempt %s); "
+                        "stewards: see `tally disputes`", fresh, kind, peer_id, line, attempt)
+        return found[0]
+
+    async def _record_late_fulfilment(self, record: PaymentRecord, fulfil: Signed) -> None:
+        """We voided at expiry (or on a REJECT); then a valid fulfilment came. The books
+        stand as voided; the peer may claim it was paid, so keep the signed evidence."""
+        p = record.outbound.msg
+        assert isinstance(p, Prepare)
+        void = await self._logged(f"decision/{p.id}/{self.key.key_id}") or await self._logged(
+            f"reject/{p.id}/{p.to_node.key_id}")
+        await self.record_dispute("late_fulfilment", p.to_node, p.line, p.id, {
+            "prepare": record.outbound.to_json(), "fulfil": fulfil.to_json(),
+            "void": void.to_json() if void is not None else None,
+        })
+
+    async def disputes(self, include_resolved: bool = False) -> list[dict[str, Any]]:
+        db = self.node.reader
+        assert db is not None
+        sql = ("SELECT id, kind, peer, line, attempt, created, evidence, resolved, note "
+               "FROM disputes" + ("" if include_resolved else " WHERE resolved = 0")
+               + " ORDER BY created, id")
+        names = {line.other(self.key).node_key.key_id: line.other(self.key).name
+                 for line in (s.msg for s in self.node.ledger.lines.values())
+                 if isinstance(line, Line)}
+        out = []
+        async with db.execute(sql) as cur:
+            async for row in cur:
+                out.append({"id": row[0], "kind": row[1], "peer": row[2],
+                            "peer_name": names.get(row[2]), "line": row[3], "attempt": row[4],
+                            "created": row[5], "evidence": json.loads(row[6]),
+                            "resolved": bool(row[7]), "note": row[8]})
+        return out
+
+    async def resolve_dispute(self, dispute_id: str, note: str) -> dict[str, Any]:
+        changed: list[int] = []
+
+        async def run(db: aiosqlite.Connection) -> None:
+            cur = await db.execute("UPDATE disputes SET resolved = 1, note = ? WHERE id = ?",
+                                   (note, dispute_id))
+            changed.append(cur.rowcount)
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+        if not changed[0]:
+            raise FederationError(ResultCode.not_found, f"no dispute {dispute_id}")
+        return {"id": dispute_id, "resolved": True, "note": note}
+
+    # --- suspension by one side -------------------------------------------------------------
+
+    async def suspend_line(self, signed: Signed) -> dict[str, Any]:
+        """Our stewards suspend a line alone: log the new version, then tell the peer.
+
+        Sending again the version already logged just resends it (the peer may have been
+        unreachable the first time)."""
+        line = signed.msg
+        assert isinstance(line, Line)
+        current = self.node.ledger.lines.get(line.id)
+        if current is None:
+            raise FederationError(ResultCode.line_not_found, f"no credit line {line.id}")
+        if current.msg == line:
+            entry = current
+            index = None
+        else:
+            if not is_suspension_of(current.msg, line):
+                raise FederationError(
+                    ResultCode.invalid_field,
+                    "one side alone may only suspend an active line: a newer version whose "
+                    "only change is the status; other changes need `tally peer change`")
+            self._check_stewards(signed)
+            entry = _merge(signed, sign_message(line, self.node.node_key))
+            outcome = await self._log(entry)
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                raise FederationError(outcome.code, outcome.detail)
+            index = outcome.index
+        other = line.other(self.key)
+        delivered = True
+        try:
+            await self._peer_post(other.node_key.key_id, "/v1/peer/suspension",
+                                  {"line": entry.to_json()})
+        except (TallyError, FederationError) as exc:
+            delivered = False
+            log.warning("line %s suspended here, but %s was not told: %s; run `tally peer "
+                        "suspend` again to resend", line.id, other.name, exc)
+        return {"line": line.id, "version": line.version, "status": line.status,
+                "index": index, "delivered": delivered}
+
+    async def receive_suspension(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
+        """The peer's stewards suspended the line alone: its node's signature suffices here."""
+        line = signed.msg
+        if not isinstance(line, Line) or line.side(self.key) is None:
+            raise FederationError(ResultCode.not_a_party, "this line does not name this node")
+        if line.other(self.key).node_key != sender:
+            raise FederationError(ResultCode.not_a_party, "the sender is not the other party")
+        current = self.node.ledger.lines.get(line.id)
+        if current is None:
+            raise FederationError(ResultCode.line_not_found, f"no credit line {line.id}")
+        if current.msg == line:
+            return {"line": line.id, "version": line.version, "status": line.status}  # resent
+        if not is_suspension_of(current.msg, line):
+            raise FederationError(ResultCode.invalid_field,
+                                  "not a suspension of the line in force: propose a change")
+        outcome = await self._log(signed)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            raise FederationError(outcome.code, outcome.detail)
+        log.warning("credit line %s suspended by %s (%s): no new payments across it",
+                    line.id, line.other(self.key).name, sender.key_id)
+        return {"line": line.id, "version": line.version, "status": line.status}
+
+    # --- settlement out of band ---------------------------------------------------------------
+
+    async def next_settlement(self, line_id: str) -> int:
+        """The sequence number a new settlement of this line takes."""
+        db = self.node.reader
+        assert db is not None
+        async with db.execute("SELECT COUNT(*) FROM events WHERE id LIKE ?",
+                              (f"line_settlement/{line_id}/%",)) as cur:
+            row = await cur.fetchone()
+        logged = int(row[0]) if row else 0
+        sequences = [logged]
+        for signed, _ in self.settlements.values():
+            s: Any = signed.msg
+            if s.line == line_id:
+                sequences.append(int(s.sequence))
+        return max(sequences) + 1
+
+    def _settlement_line(self, s: LineSettlement) -> Line:
+        current = self.node.ledger.lines.get(s.line)
+        if current is None:
+            raise FederationError(ResultCode.line_not_found, f"no credit line {s.line}")
+        line = current.msg
+        assert isinstance(line, Line)
+        return line
+
+    def _check_settlement(self, s: LineSettlement) -> None:
+        refusal = settlement_refusal(self.node.ledger, s)
+        if refusal is not None:
+            raise FederationError(refusal.code, refusal.detail)
+
+    async def load_settlements(self) -> None:
+        db = self.node.db
+        assert db is not None
+        async with db.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'settlement:%'") as cur:
+            async for row in cur:
+                doc = json.loads(row[1])
+                self.settlements[row[0].split(":", 1)[1]] = (
+                    parse_signed(doc["settlement"], frozenset({"line_settlement"})), doc["by"])
+
+    async def _keep_settlement(self, signed: Signed, by: str) -> None:
+        s = signed.msg
+        assert isinstance(s, LineSettlement)
+        await self._set_meta(f"settlement:{s.id}", json.dumps({"settlement": signed.to_json(),
+                                                                "by": by}))
+        self.settlements[s.id] = (signed, by)
+
+    async def _drop_settlement(self, settlement_id: str) -> None:
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("DELETE FROM meta WHERE key = ?", (f"settlement:{settlement_id}",))
+
+        assert self.node.writer is not None
+        await self.node.writer.write(run)
+        self.settlements.pop(settlement_id, None)
+
+    async def propose_settlement(self, signed: Signed) -> dict[str, Any]:
+        """Our stewards signed a settlement: add the node's signature and send it."""
+        s = signed.msg
+        assert isinstance(s, LineSettlement)
+        line = self._settlement_line(s)
+        self._check_stewards(signed)
+        self._check_settlement(s)
+        if s.valid_until <= self.now():
+            raise FederationError(ResultCode.expired, "this settlement has expired already")
+        ours = _merge(signed, sign_message(s, self.node.node_key))
+        await self._keep_settlement(ours, "ours")
+        other = line.other(self.key)
+        await self._peer_post(other.node_key.key_id, "/v1/peer/settlements",
+                              {"settlement": sign_message(s, self.node.node_key).to_json()})
+        return {"settlement": s.id, "line": s.line, "status": "proposed", "peer": other.name}
+
+    async def accept_settlement(self, signed: Signed) -> dict[str, Any]:
+        """Our stewards accept a settlement the peer proposed: log it, send the acceptance."""
+        s = signed.msg
+        assert isinstance(s, LineSettlement)
+        pending = self.settlements.get(s.id)
+        if pending is None or pending[1] != "theirs":
+            raise FederationError(ResultCode.not_found, f"no settlement {s.id} to accept")
+        line = self._settlement_line(s)
+        self._check_stewards(signed)
+        entry = _merge(pending[0], signed, sign_message(s, self.node.node_key))
+        outcome = await self._log(entry)
+        if outcome.code not in (ResultCode.ok, ResultCode.exists):
+            raise FederationError(outcome.code, outcome.detail)
+        await self._drop_settlement(s.id)
+        other = line.other(self.key)
+        both_nodes = Signed(s, tuple(x for x in entry.sigs
+                                     if x.key in (self.key, other.node_key)))
+        await self._peer_post(other.node_key.key_id, "/v1/peer/settlements",
+                              {"settlement": both_nodes.to_json()})
+        return {"settlement": s.id, "line": s.line, "status": "settled", "index": outcome.index}
+
+    async def receive_settlement(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
+        """The peer proposes a settlement (its node signed), or accepts ours (both did)."""
+        s = signed.msg
+        assert isinstance(s, LineSettlement)
+        line = self._settlement_line(s)
+        if line.other(self.key).node_key != sender:
+            raise FederationError(ResultCode.not_a_party, "the sender is not the other party")
+        good, all_good = signed.verified_signers()
+        if not all_good or sender not in good:
+            raise FederationError(ResultCode.bad_signature, "the settlement is not signed by you")
+        if self.key in good:
+            pending = self.settlements.get(s.id)
+            if pending is None or pending[1] != "ours":
+                if await self._logged(f"line_settlement/{s.line}/{s.sequence}") is not None:
+                    return {"settlement": s.id, "status": "settled"}
+                raise FederationError(ResultCode.not_found, "we proposed no such settlement")
+            outcome = await self._log(_merge(pending[0], signed))
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                log.warning("settlement %s accepted by %s but refused here: %s", s.id,
+                            line.other(self.key).name, outcome.detail)
+                raise FederationError(outcome.code, outcome.detail)
+            await self._drop_settlement(s.id)
+            return {"settlement": s.id, "status": "settled"}
+        self._check_settlement(s)
+        await self._keep_settlement(signed, "theirs")
+        log.info("settlement of line %s proposed by %s: %s", s.line, line.other(self.key).name,
+                 s.id)
+        return {"settlement": s.id, "status": "proposed"}

@@ -204,7 +204,10 @@ SCHEMAS: dict[str, Any] = {
         "order": ID, "attempts": {"type": "array", "items": {"type": "object"}}}},
     "Lines": {"type": "object", "properties": {
         "lines": {"type": "array", "items": {"type": "object"}},
-        "proposals": {"type": "array", "items": {"type": "object"}}}},
+        "proposals": {"type": "array", "items": {"type": "object"}},
+        "settlements": {"type": "array", "items": {"type": "object"},
+                        "description": "settlement proposals not yet logged; by: ours or "
+                                       "theirs"}}},
     "Routes": {"type": "object", "required": ["collective", "direct"], "properties": {
         "collective": {"type": "object", "required": ["node_key", "ledger", "name", "unit"]},
         "direct": {"type": "boolean"},
@@ -215,7 +218,20 @@ SCHEMAS: dict[str, Any] = {
                            "hops": {"type": "integer", "minimum": 1},
                            "cost": {"type": "integer", "minimum": 1}}}}}},
     "LineRequest": _obj({"line": _ref("SignedMessage"), "url": {"type": "string"},
-                         "action": {"enum": ["propose", "accept"]}}),
+                         "action": {"enum": ["propose", "accept", "suspend"]}}),
+    "SettlementRequest": _obj({"settlement": _ref("SignedMessage"),
+                               "action": {"enum": ["propose", "accept"]}}),
+    "Dispute": _obj({
+        "id": ID, "kind": {"type": "string", "description": "late_fulfilment, "
+                           "intermediary_loss, statement_mismatch"},
+        "peer": {"type": "string", "description": "the peer node's key id"},
+        "peer_name": {"type": ["string", "null"]}, "line": ID, "attempt": ID,
+        "created": TIME,
+        "evidence": {"type": "object", "description": "the signed messages that show it"},
+        "resolved": {"type": "boolean"}, "note": {"type": ["string", "null"]}}),
+    "Disputes": _obj({"disputes": {"type": "array", "items": _ref("Dispute")}}),
+    "DisputeResolved": _obj({"id": ID, "resolved": {"const": True},
+                             "note": {"type": "string"}}),
 }
 
 
@@ -451,6 +467,31 @@ def openapi_document() -> dict[str, Any]:
                                                "content": {"application/json": {}}},
                                        **_problems(400, 401, 404, 409, 422)}},
             },
+            "/v1/settlements": {"post": {
+                "operationId": "postSettlement",
+                "summary": "Stewards propose a settlement of a credit line out of band "
+                           "(action propose), or accept the other collective's (accept)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("SettlementRequest")}}},
+                "responses": {"201": {"description": "proposed, or settled on both ledgers",
+                                      "content": {"application/json": {}}},
+                              **_problems(400, 401, 404, 409, 422)}}},
+            "/v1/disputes": {"get": {
+                "operationId": "getDisputes",
+                "summary": "Disputes with peers and their signed evidence (stewards only); "
+                           "?all=1 includes resolved ones",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "all", "in": "query",
+                                "schema": {"enum": ["0", "1"]}}],
+                "responses": {"200": _json("Disputes", "the disputes"), **READ_PROBLEMS}}},
+            "/v1/disputes/{id}/resolve": {"post": {
+                "operationId": "resolveDispute",
+                "summary": "Mark a dispute resolved, with a note (stewards only)",
+                "security": SIGNED_READ,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": ID}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _obj({"note": {"type": "string", "maxLength": 500}})}}},
+                "responses": {"200": _json("DisputeResolved", "resolved"), **READ_PROBLEMS}}},
             **{
                 f"/v1/peer/{name}": {"post": {
                     "operationId": f"peer{name.capitalize()}",
@@ -475,6 +516,10 @@ def openapi_document() -> dict[str, Any]:
                     ("decision", "Node to node: the upstream's decision, post or void"),
                     ("statement", "Node to node: a signed statement of our line; answered "
                                   "with ours"),
+                    ("settlements", "Node to node: propose a line settlement, or accept "
+                                    "ours"),
+                    ("suspension", "Node to node: the sender's stewards suspended the line "
+                                   "alone"),
                 )
             },
             "/v1/peer/graph": {"get": {

@@ -227,7 +227,12 @@ async def get_lines(request: web.Request) -> web.Response:
                       "account": account.to_json() if account else None})
     proposals = [{"id": lid, "terms": s.msg.to_json(), "url": url}
                  for lid, (s, url) in fed.proposals.items()]
-    return web.json_response({"lines": lines, "proposals": proposals})
+    for entry in lines:
+        entry["next_settlement"] = await fed.next_settlement(entry["id"])
+    settlements = [{"id": sid, "terms": s.msg.to_json(), "by": by}
+                   for sid, (s, by) in fed.settlements.items()]
+    return web.json_response({"lines": lines, "proposals": proposals,
+                              "settlements": settlements})
 
 
 async def post_line(request: web.Request) -> web.Response:
@@ -240,6 +245,48 @@ async def post_line(request: web.Request) -> web.Response:
             result = await fed.propose_line(body["line"], body["url"])
         elif body["action"] == "accept":
             result = await fed.accept_line(body["line"])
+        elif body["action"] == "suspend":
+            result = await fed.suspend_line(body["line"])
+        else:
+            raise Problem(ResultCode.invalid_field,
+                          'action must be "propose", "accept" or "suspend"')
+    except FederationError as exc:
+        raise _problem(exc) from exc
+    return web.json_response(result, status=201)
+
+
+SETTLEMENT = frozenset({"line_settlement"})
+
+
+async def peer_suspension(request: web.Request) -> web.Response:
+    sender = await authenticate_peer(request)
+    body = await _body(request, {"line": lambda f, v: parse_signed(v, LINE, f)})
+    try:
+        return web.json_response(await _fed(request).receive_suspension(body["line"], sender))
+    except FederationError as exc:
+        raise _problem(exc) from exc
+
+
+async def peer_settlements(request: web.Request) -> web.Response:
+    sender = await authenticate_peer(request)
+    body = await _body(request, {"settlement": lambda f, v: parse_signed(v, SETTLEMENT, f)})
+    try:
+        return web.json_response(await _fed(request).receive_settlement(body["settlement"],
+                                                                        sender))
+    except FederationError as exc:
+        raise _problem(exc) from exc
+
+
+async def post_settlement(request: web.Request) -> web.Response:
+    """Stewards propose a settlement of a line out of band, or accept the peer's."""
+    body = await _body(request, {"settlement": lambda f, v: parse_signed(v, SETTLEMENT, f),
+                                 "action": text(None, 10)})
+    fed = _fed(request)
+    try:
+        if body["action"] == "propose":
+            result = await fed.propose_settlement(body["settlement"])
+        elif body["action"] == "accept":
+            result = await fed.accept_settlement(body["settlement"])
         else:
             raise Problem(ResultCode.invalid_field, 'action must be "propose" or "accept"')
     except FederationError as exc:
@@ -247,7 +294,41 @@ async def post_line(request: web.Request) -> web.Response:
     return web.json_response(result, status=201)
 
 
+async def _steward(request: web.Request) -> None:
+    reader = await authenticate(request)
+    if not reader.steward:
+        raise Problem(ResultCode.forbidden, "only the collective's stewards see its disputes")
+
+
+async def get_disputes(request: web.Request) -> web.Response:
+    await _steward(request)
+    include = request.query.get("all", "0")
+    if include not in ("0", "1"):
+        raise Problem(ResultCode.invalid_field, "query all must be 0 or 1", field="all")
+    disputes = await _fed(request).disputes(include_resolved=include == "1")
+    return web.json_response({"disputes": disputes})
+
+
+async def resolve_dispute(request: web.Request) -> web.Response:
+    await _steward(request)
+    body = await _body(request, {"note": text(None, 500)})
+    dispute_id = request.match_info["id"]
+    from protocol.messages import HEX32_RE
+
+    if not HEX32_RE.match(dispute_id):
+        raise Problem(ResultCode.invalid_field, "a dispute id is 32 lowercase hex digits")
+    try:
+        return web.json_response(await _fed(request).resolve_dispute(dispute_id, body["note"]))
+    except FederationError as exc:
+        raise _problem(exc) from exc
+
+
 def add_federation_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/peer/settlements", peer_settlements)
+    app.router.add_post("/v1/peer/suspension", peer_suspension)
+    app.router.add_post("/v1/settlements", post_settlement)
+    app.router.add_get("/v1/disputes", get_disputes)
+    app.router.add_post("/v1/disputes/{id}/resolve", resolve_dispute)
     app.router.add_post("/v1/peer/lines", peer_lines)
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)

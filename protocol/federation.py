@@ -11,7 +11,8 @@ Messages (each a ``Signed`` message, like transfers and acts, so it can be logge
     far A lets B owe A, in A's smallest unit; ``b_limit`` how far B lets A owe B, in B's;
     ``rate_num/rate_den`` is B's units per A unit. Signed by both node keys and, on each
     ledger that logs it, by that collective's stewards (k of n). A later ``version`` of the
-    same line id replaces it; ``status: suspended`` stops new payments.
+    same line id replaces it; ``status: suspended`` stops new payments. A version whose only
+    change is ``active`` -> ``suspended`` needs one side alone: its node and stewards.
 ``payment_order``
     Signed by the payer: pay ``amount`` (in the payee's unit) to ``payee`` at the collective
     whose node key is ``payee_node``, spending at most ``max_pay`` (in the payer's unit).
@@ -28,6 +29,13 @@ Messages (each a ``Signed`` message, like transfers and acts, so it can be logge
     refusal with a stable ``code``.
 ``decision``
     Signed by the upstream node: ``post`` or ``void``, the upstream's final word on the line.
+``line_settlement``
+    A settlement of the line out of band: ``paid_by`` (``a`` or ``b``) paid the other, outside
+    Tally, ``amount_a`` (A's unit), which is ``amount_b`` (B's unit) at the line's rate, one
+    converted from the other and rounded down. Its debt on the line falls by that much.
+    ``sequence`` numbers the settlements of one line (unique per line); ``reference`` is a
+    short reference both sides can look up (an invoice or bank reference, not personal
+    data). Signed like a line: both nodes, and that side's stewards on each ledger.
 
 Ledger accounts added: one ``peer`` account per line, handle ``~<peer key id>``, whose limits
 come from the line (debit: how far the peer may owe us; credit: how far we may owe the
@@ -39,6 +47,12 @@ Log entries and what they do, by who signed them:
 entry payload          signed by               effect on this ledger
 ====================  ======================  ===================================================
 ``line``               both nodes + stewards   open or change the peer account's limits
+``line``               one node + its          suspend the line (the only change: active ->
+                       stewards                suspended); on the other ledger the suspending
+                                               node's signature suffices
+``line_settlement``    both nodes + stewards   move the peer account toward zero, against
+                                               ``~settlements`` (never past zero, and never so
+                                               far that holds in flight exceed the limits)
 ``prepare``            this node (source)      hold: payer → peer (payer's debit, peer's credit)
 ``prepare``            the peer (upstream)     hold: peer → payee (we are the destination)
 ``prepare``            the peer (upstream)     hold: peer → ``~routing`` (we forward it)
@@ -348,7 +362,33 @@ register_message("statement", Statement, {
     "sum_a": SIGNED_SUM, "sum_b": SIGNED_SUM, "in_flight": _attempt_ids,
 })
 
-FEDERATION_TYPES = frozenset({"line", "prepare", "fulfil", "reject", "decision"})
+
+@dataclass(frozen=True)
+class LineSettlement:
+    id: str
+    line: str
+    sequence: int
+    paid_by: Literal["a", "b"]
+    amount_a: int
+    amount_b: int
+    reference: str
+    valid_until: int
+    type: str = "line_settlement"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "line": self.line, "sequence": self.sequence,
+                "paid_by": self.paid_by, "amount_a": self.amount_a, "amount_b": self.amount_b,
+                "reference": self.reference, "valid_until": self.valid_until}
+
+
+register_message("line_settlement", LineSettlement, {
+    "type": literal("line_settlement"), "id": hex128, "line": hex128,
+    "sequence": integer(1, 2**31), "paid_by": _choice("a", "b"), "amount_a": POSITIVE,
+    "amount_b": POSITIVE, "reference": text(None, 64), "valid_until": timestamp,
+})
+
+FEDERATION_TYPES = frozenset({"line", "prepare", "fulfil", "reject", "decision",
+                              "line_settlement"})
 
 
 def condition_of(fulfilment: bytes) -> str:
@@ -364,3 +404,7 @@ ROUTING_ACCOUNT = "~routing"
 """An intermediary's own account for payments it forwards: credited by what it receives
 upstream, debited by what it pays downstream. It stays at zero, except by a loss (it paid
 downstream, and its upstream voided) — each logged as a dispute with its evidence."""
+
+SETTLEMENT_ACCOUNT = "~settlements"
+"""The internal account a line settlement moves a peer account against, so that balances
+still sum to zero: what the collective's members were paid, or paid, outside Tally."""

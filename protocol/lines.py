@@ -19,9 +19,11 @@ from protocol.codes import ResultCode
 from protocol.federation import (
     MAX_AMOUNT,
     ROUTING_ACCOUNT,
+    SETTLEMENT_ACCOUNT,
     Decision,
     Fulfil,
     Line,
+    LineSettlement,
     PaymentOrder,
     Prepare,
     Quote,
@@ -61,6 +63,8 @@ def event_key(signed: Signed) -> str:
         return f"line/{msg.id}/{msg.version}"
     if isinstance(msg, Prepare):
         return f"prepare/{msg.id}/{msg.from_node.key_id}"
+    if isinstance(msg, LineSettlement):
+        return f"line_settlement/{msg.line}/{msg.sequence}"
     signer = signed.sigs[0].key.key_id if signed.sigs else ""
     return f"{msg.type}/{getattr(msg, 'id', '')}/{signer}"
 
@@ -122,9 +126,17 @@ def apply_line(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck)
     if other.node_key == ours:
         return _refuse(ResultCode.not_a_party, "a line joins two different collectives")
     good, all_good = sigcheck
-    if not all_good or ours not in good or other.node_key not in good:
+    suspender = _suspended_by(state, line, sigcheck)
+    if suspender is not None:
+        # One side suspends alone: on its own ledger its stewards sign; on the other side's,
+        # the suspending node's signature suffices (stopping new payments is always safe).
+        if suspender == ours and len(good & state.stewards) < state.threshold:
+            return _refuse(ResultCode.not_enough_steward_signatures,
+                           f"suspending a line needs the signatures of {state.threshold} "
+                           "steward(s) here")
+    elif not all_good or ours not in good or other.node_key not in good:
         return _refuse(ResultCode.bad_signature, "a line is signed by both collectives' nodes")
-    if len(good & state.stewards) < state.threshold:
+    elif len(good & state.stewards) < state.threshold:
         return _refuse(ResultCode.not_enough_steward_signatures,
                        f"a line needs the signatures of {state.threshold} steward(s) here")
     if line.valid_until < now:
@@ -162,6 +174,113 @@ def apply_line(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck)
         account.debit_limit, account.credit_limit = debit_limit, credit_limit
     state.lines[line.id] = signed
     return _record(state, key, digest(signed), (handle,))
+
+
+def is_suspension_of(old: Line, line: Line) -> bool:
+    """``line`` is a newer version of ``old`` whose only change is active -> suspended."""
+    return (old.status == "active" and line.status == "suspended"
+            and line.version > old.version
+            and (old.id, old.a, old.b, old.a_limit, old.b_limit, old.rate_num, old.rate_den)
+            == (line.id, line.a, line.b, line.a_limit, line.b_limit, line.rate_num,
+                line.rate_den))
+
+
+def _suspended_by(state: LedgerState, line: Line, sigcheck: SigCheck) -> PublicKey | None:
+    """The node key of the party that alone signed a suspension of the line in force, if
+    ``line`` is one; None otherwise (then both parties must sign)."""
+    current = state.lines.get(line.id)
+    good, all_good = sigcheck
+    if current is None or not all_good:
+        return None
+    old = current.msg
+    assert isinstance(old, Line)
+    if not is_suspension_of(old, line):
+        return None
+    nodes = good & {line.a.node_key, line.b.node_key}
+    return next(iter(nodes)) if len(nodes) == 1 else None
+
+
+# --- settlements out of band ------------------------------------------------------------------
+
+
+def settlement_effect(state: LedgerState, s: LineSettlement) -> tuple[str, int]:
+    """The peer account a settlement moves on this ledger, and by how much (signed)."""
+    line = state.lines[s.line].msg
+    assert isinstance(line, Line)
+    ours = state.genesis.node_key
+    side = line.side(ours)
+    amount = s.amount_a if side == "a" else s.amount_b
+    # The peer account is above zero when we owe the peer: our payment out of band lowers it.
+    return peer_handle(line.other(ours).node_key), -amount if s.paid_by == side else amount
+
+
+def settlement_refusal(state: LedgerState, s: LineSettlement) -> Outcome | None:
+    """Why this ledger would refuse the settlement's amounts now, or None. (The driver asks
+    before it proposes or accepts one, so that both ledgers are likely to log it.)"""
+    line_signed = state.lines.get(s.line)
+    if line_signed is None:
+        return _refuse(ResultCode.line_not_found, f"no credit line {s.line}")
+    line = line_signed.msg
+    assert isinstance(line, Line)
+    if s.amount_b != line.convert(s.amount_a, "a") and s.amount_a != line.convert(
+            s.amount_b, "b"):
+        return _refuse(ResultCode.amount_mismatch,
+                       "neither amount is the other at the line's rate, rounded down")
+    handle, delta = settlement_effect(state, s)
+    peer = state.accounts[handle]
+    unit = state.genesis.unit
+    after = peer.balance + delta
+    we_owe = peer.balance > 0
+    if peer.balance == 0 or (delta < 0) != we_owe or (after < 0 if we_owe else after > 0):
+        owed = ("nothing is owed on the line" if peer.balance == 0 else
+                f"{format_amount(abs(peer.balance), unit)} is owed on the line, by "
+                + ("us" if we_owe else "them"))
+        return _refuse(ResultCode.exceeds_line_balance,
+                       f"a settlement moves the line toward zero, never past it: {owed}")
+    if after - peer.pending_debit < -peer.debit_limit or (
+            after + peer.pending_credit > peer.credit_limit):
+        return _refuse(ResultCode.exceeds_line_balance,
+                       "payments in flight on the line need more room than the settlement "
+                       "leaves; settle less, or when they have settled")
+    return None
+
+
+def apply_line_settlement(
+    state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck
+) -> Outcome:
+    s = signed.msg
+    assert isinstance(s, LineSettlement)
+    key = event_key(signed)
+    if (retry := _retry(state, key, signed)) is not None:
+        return retry
+    line_signed = state.lines.get(s.line)
+    if line_signed is None:
+        return _refuse(ResultCode.line_not_found, f"no credit line {s.line}")
+    line = line_signed.msg
+    assert isinstance(line, Line)
+    ours = state.genesis.node_key
+    other = line.other(ours).node_key
+    good, all_good = sigcheck
+    if not all_good or ours not in good or other not in good:
+        return _refuse(ResultCode.bad_signature,
+                       "a settlement is signed by both collectives' nodes")
+    if len(good & state.stewards) < state.threshold:
+        return _refuse(ResultCode.not_enough_steward_signatures,
+                       f"a settlement needs the signatures of {state.threshold} steward(s) here")
+    if s.valid_until < now:
+        return _refuse(ResultCode.expired, "this settlement proposal has expired; propose again")
+    refusal = settlement_refusal(state, s)
+    if refusal is not None:
+        return refusal
+    handle, delta = settlement_effect(state, s)
+    peer = state.accounts[handle]
+    internal = state.accounts.get(SETTLEMENT_ACCOUNT)
+    if internal is None:
+        internal = state.accounts[SETTLEMENT_ACCOUNT] = Account(
+            SETTLEMENT_ACCOUNT, "internal", None, MAX_AMOUNT, MAX_AMOUNT)
+    peer.balance += delta
+    internal.balance -= delta
+    return _record(state, key, digest(signed), (handle, SETTLEMENT_ACCOUNT))
 
 
 # --- holds ------------------------------------------------------------------------------------
@@ -459,6 +578,8 @@ def apply_federation(
         return apply_prepare(state, signed, now, check)
     if isinstance(msg, (Fulfil, Reject, Decision)):
         return apply_settle(state, signed, now, check)
+    if isinstance(msg, LineSettlement):
+        return apply_line_settlement(state, signed, now, check)
     return _refuse(ResultCode.invalid_field, f"{msg.type} is not a log entry")
 
 

@@ -211,7 +211,7 @@ async def refused(call: Any) -> TallyError:
 async def test_a_line_agreed_shows_on_both_sides_with_each_sides_limits(pair: Pair) -> None:
     a, b = pair.a, pair.b
     before = await a.client(a.steward).lines()
-    assert before == {"lines": [], "proposals": []}
+    assert before == {"lines": [], "proposals": [], "settlements": []}
     proposed = await a.client(a.steward).propose_line(b.url, [a.steward], A_LIMIT, B_LIMIT,
                                                       *RATE)
     listing = await b.client(b.steward).lines()
