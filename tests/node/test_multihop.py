@@ -173,3 +173,40 @@ async def test_statements_agree_after_payments_and_a_lying_peer_is_caught(net: N
         err = await refused(as_c._request("POST", "/v1/peer/statement",
                                           {"statement": forged.to_json()}, signed=True))
     assert err.code == "unknown_peer"  # C has no line with A at all
+
+
+async def test_an_intermediary_that_withholds_then_sends_late_carries_its_own_loss(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = net.a, net.b, net.c
+    real = b.fed._receive_transit
+
+    async def withhold(signed, sender):  # type: ignore[no-untyped-def]
+        await real(signed, sender)  # B forwards and gets C's fulfilment...
+        return None  # ...but tells A only "pending", until A gives up at its expiry
+
+    monkeypatch.setattr(b.fed, "_receive_transit", withhold)
+    err = await refused(a.member("alice").pay_remote("alice", "cy", c.node_key.public, 100,
+                                                     50))
+    assert err.code == "expired"  # the payer is told it failed, and pays nothing
+    await settled(a, b, c, timeout=10)
+    assert a.account("alice")["balance"] == 0
+    # B paid C (C fulfilled in time, and B posted): cy has the money, and B carries the
+    # loss in its routing account, bounded by what it forwarded, with a dispute for its
+    # stewards holding the signed evidence.
+    assert c.account("cy")["balance"] == 100
+    assert b.account(ROUTING_ACCOUNT)["balance"] == -100  # in B's cents
+    assert b.account(peer_handle(a.node_key.public))["balance"] == 0
+    [loss] = await b.client(b.steward).disputes()
+    assert loss["kind"] == "loss" and loss["evidence"]["loss"] == 100
+    assert loss["evidence"]["void"]["msg"]["outcome"] == "void"
+
+    # B now sends its FULFIL, too late: A keeps it as evidence and moves nothing.
+    record = b.fed.payments.get(loss["attempt"]) or await b.fed._load_record(loss["attempt"])
+    assert record is not None and record.answer is not None
+    a_record = await a.fed._load_record(loss["attempt"])
+    assert a_record is not None
+    await a.fed._outbound_answer(a_record, {"fulfil": record.answer.to_json()})
+    [late] = await a.client(a.steward).disputes()
+    assert late["kind"] == "late_fulfilment" and late["attempt"] == loss["attempt"]
+    assert a.account("alice")["balance"] == 0
+    clean(a, b, c)
