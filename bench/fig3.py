@@ -25,6 +25,8 @@ FED_CONFIG = """
 # Room for the benchmark's payments in flight: risk caps are not what this measures.
 max_in_flight_value = 1000000000000
 max_in_flight_count = 100000
+peer_rate_per_second = 1000000000.0
+peer_rate_burst = 1000000000
 """
 
 

@@ -47,7 +47,8 @@ from protocol.messages import (
 )
 
 NODE = web.AppKey("node", Node)
-LIMITER = web.AppKey("limiter", RateLimiter)
+LIMITER = web.AppKey("limiter", RateLimiter)  # per member or steward key
+PEER_LIMITER = web.AppKey("peer_limiter", RateLimiter)  # per peer node key
 
 TRANSFER_TYPES = frozenset({"transfer"})
 JSON_TYPES = ("application/json", "application/problem+json")
@@ -83,8 +84,11 @@ async def read_json(request: web.Request, cap: int) -> Any:
     return parse_json(await read_body(request, cap))
 
 
-def limit_rate(request: web.Request, key: str, cost: float = 1.0) -> None:
-    wait = request.app[LIMITER].take(key, cost)
+def limit_rate(
+    request: web.Request, key: str, cost: float = 1.0,
+    limiter: web.AppKey[RateLimiter] = LIMITER,
+) -> None:
+    wait = request.app[limiter].take(key, cost)
     if wait > 0:
         seconds = max(1, int(wait + 0.999))
         raise Problem(
@@ -123,11 +127,14 @@ async def verify_signed(request: web.Request, skew: int) -> VerifiedRequest:
     return verified
 
 
-async def consume_nonce(request: web.Request, verified: VerifiedRequest, skew: int) -> None:
+async def consume_nonce(
+    request: web.Request, verified: VerifiedRequest, skew: int,
+    limiter: web.AppKey[RateLimiter] = LIMITER,
+) -> None:
     """Remember the nonce durably (until the request could no longer be fresh), so a replay
     is refused even after a restart; rate-limit the signer."""
     node = request.app[NODE]
-    limit_rate(request, verified.signer.text)
+    limit_rate(request, verified.signer.text, limiter=limiter)
     assert node.writer is not None
     if not await node.writer.remember_nonce(verified.nonce, verified.created + skew):
         raise Problem(ResultCode.replayed_request, "this signed request was already used")
@@ -477,6 +484,8 @@ def make_app(node: Node) -> web.Application:
     )
     app[NODE] = node
     app[LIMITER] = RateLimiter(cfg.rate_per_key_per_second, cfg.rate_burst)
+    fed = node.config.federation
+    app[PEER_LIMITER] = RateLimiter(fed.peer_rate_per_second, fed.peer_rate_burst)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/info", info)
     app.router.add_get("/v1/openapi.json", openapi)

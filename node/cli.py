@@ -179,7 +179,10 @@ async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
         await init_data_dir(data)
     config = load_config(data)
     host, port = parse_listen(listen or config.node.listen)
-    node = Node(data, config)
+    try:
+        node = Node(data, config)
+    except KeyFormatError as exc:  # a key file others may read, or a damaged one
+        raise CliError(f"refusing to start: {exc.message}") from exc
     try:
         served = await serve(node, host, port)
     except OSError as exc:

@@ -48,6 +48,9 @@ class ApiSettings:
     rate_per_key_per_second: float = 100.0  # sustained requests per member key
     rate_burst: int = 400  # short bursts above that rate
     max_queue: int = 20000  # events waiting for the writer before we answer 503
+    # A connection that has not sent a whole request's headers this long after connecting,
+    # or after its last answer, is closed (slow clients holding connections open).
+    idle_timeout_seconds: int = 15
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class FederationSettings:
     graph_refresh_ms: int = 30000
     # How often to exchange signed statements of each line with its other collective.
     statement_interval_ms: int = 60000
+    # Requests per second from one peer node's key, and the burst allowed above it.
+    peer_rate_per_second: float = 50.0
+    peer_rate_burst: int = 200
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,11 @@ class Config:
             raise ConfigError("[storage] synchronous must be FULL, EXTRA or NORMAL")
         if self.ledger.default_debit_limit < 0 or self.ledger.default_credit_limit < 0:
             raise ConfigError("[ledger] default limits must be zero or more")
+        if self.api.idle_timeout_seconds < 1:
+            raise ConfigError("[api] idle_timeout_seconds must be at least 1")
+        if self.api.rate_per_key_per_second <= 0 or self.federation.peer_rate_per_second <= 0:
+            raise ConfigError("rate limits ([api] rate_per_key_per_second, [federation] "
+                              "peer_rate_per_second) must be more than zero")
         if not 1 <= self.api.max_batch <= 10000:
             raise ConfigError("[api] max_batch must be between 1 and 10000")
         parse_listen(self.node.listen)

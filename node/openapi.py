@@ -327,8 +327,11 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "submitTransferBatch",
                     "summary": "Submit up to max_batch transfers; each gets its own result",
                     "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": _obj({"transfers": {"type": "array", "minItems": 1,
-                                                      "items": _ref("TransferRequest")}})}}},
+                        "schema": _obj({"transfers": {"type": "array", "minItems": 1, "items": {
+                            # Not a $ref: items are checked one by one, and a malformed one
+                            # gets its own refusal in `results` instead of refusing the batch.
+                            "description": "a TransferRequest; a malformed item is refused "
+                                           "alone, in its place in `results`"}}})}}},
                     "responses": {"200": _json("BatchResult", "one result per transfer, in order"),
                                   **_problems(400, 413, 415, 429, 503)},
                 }

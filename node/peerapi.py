@@ -16,6 +16,7 @@ from aiohttp import web
 from crypto.httpsig import SignedRequestError
 from crypto.keys import PublicKey
 from node.api import NODE, authenticate, consume_nonce, limit_rate, read_json, verify_signed
+from node.api import PEER_LIMITER
 from node.federation import FederationError
 from node.problems import Problem
 from protocol.codes import ResultCode
@@ -45,7 +46,7 @@ async def authenticate_peer(request: web.Request, known_only: bool = True) -> Pu
         raise
     if known_only and _fed(request).line_with(verified.signer) is None:
         raise Problem(ResultCode.unknown_peer, "no credit line with the node that signed this")
-    await consume_nonce(request, verified, skew)
+    await consume_nonce(request, verified, skew, PEER_LIMITER)
     return verified.signer
 
 

@@ -10,10 +10,12 @@ import asyncio
 import signal
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from node.api import make_app
+from node.config import Config
 from node.service import Node
 
 
@@ -25,6 +27,24 @@ class Served:
 
     async def close(self) -> None:
         await self.runner.cleanup()
+
+
+def connection_limits(config: Config) -> dict[str, Any]:
+    """aiohttp's per-connection limits, for ``web.AppRunner``.
+
+    A connection must send a whole request's headers within ``idle_timeout_seconds`` of
+    connecting or of its last answer, else it is closed: aiohttp's keep-alive timer also
+    runs from the moment a connection opens, so a client that trickles its headers byte by
+    byte (slowloris) is cut off at the same bound. Request lines and header fields are
+    capped at 8 KiB and 128 headers (aiohttp's parser limits, named here so they are
+    visible); bodies are capped per route by ``node.api.read_body``.
+    """
+    return {
+        "keepalive_timeout": float(config.api.idle_timeout_seconds),
+        "max_line_size": 8190,
+        "max_field_size": 8190,
+        "max_headers": 128,
+    }
 
 
 async def serve(node: Node, host: str, port: int) -> Served:
@@ -42,7 +62,8 @@ async def serve(node: Node, host: str, port: int) -> Served:
     url = f"http://{shown}:{bound[1]}"
     if not node.public_url:
         node.public_url = url
-    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False,
+                           **connection_limits(node.config))
     try:
         await runner.setup()
         site = web.SockSite(runner, sock)

@@ -62,6 +62,9 @@ payment_timeout_ms = 6000
 max_hold_ms = 10000
 quote_ttl_ms = 10000
 peer_timeout_ms = 2000
+# Per-peer rate limits, like the members' in TEST_CONFIG: the streams here are far faster.
+peer_rate_per_second = 1000000.0
+peer_rate_burst = 1000000
 """
 MEMBERS = {"A": ["a0", "a1", "a2"], "B": ["b0", "b1", "b2"]}
 # Who streams: two tasks pay A→B, two B→A.

@@ -1,0 +1,143 @@
+"""Floods and slow clients: one key flooding does not stop others, slow clients are cut off.
+
+Rate limits are token buckets per member key (``[api]``) and per peer node key
+(``[federation]``); past its burst a key gets 429 ``rate_limited`` with ``Retry-After`` and
+nothing is written. Here the rates are tiny so that no token comes back during a test: the
+outcomes do not depend on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+
+from crypto.keys import SecretKey
+from node.client import transfer_body
+from node.config import ApiSettings, Config, FederationSettings
+from node.server import serve
+from node.service import Node, init_data_dir
+from tests.node.conftest import start_collective
+
+BURST = 5
+FLOOD = 30
+CONFIG = Config(
+    api=ApiSettings(rate_per_key_per_second=0.001, rate_burst=BURST),
+    federation=FederationSettings(peer_rate_per_second=0.001, peer_rate_burst=BURST),
+)
+
+
+Answer = tuple[int, dict[str, object], str | None]  # status, problem or receipt, Retry-After
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: object) -> Answer:
+    async with session.post(url, json=body) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
+
+
+async def test_one_member_flooding_does_not_stop_another_members_transfers(tmp_path: Path) -> None:
+    server, coop = await start_collective(tmp_path, CONFIG)
+    try:
+        mallory = await coop.add_member("mallory")
+        ledger = coop.node.ledger.ledger_id
+        url = coop.url + "/v1/transfers"
+        async with aiohttp.ClientSession() as session:
+            flood = [_post(session, url, transfer_body(mallory, ledger, "mallory", "bob", 1))
+                     for _ in range(FLOOD)]
+            honest = [_post(session, url, transfer_body(coop.alice, ledger, "alice", "bob", 10))
+                      for _ in range(3)]
+            answers = await asyncio.gather(*flood[:15], *honest, *flood[15:])
+        mallory_answers = answers[:15] + answers[18:]
+        alice_answers = answers[15:18]
+
+        assert [status for status, _, _ in alice_answers] == [201, 201, 201], alice_answers
+        accepted = [a for a in mallory_answers if a[0] == 201]
+        limited = [a for a in mallory_answers if a[0] == 429]
+        assert len(accepted) == BURST and len(limited) == FLOOD - BURST, mallory_answers
+        for _, body, retry_after in limited:
+            assert body["code"] == "rate_limited" and body["status"] == 429
+            assert retry_after is not None and int(retry_after) >= 1
+        # A refusal wrote nothing: bob got exactly what was accepted.
+        assert coop.node.ledger.accounts["bob"].balance == 3 * 10 + BURST * 1
+        assert coop.node.ledger.accounts["mallory"].balance == -BURST
+    finally:
+        await coop.client.close()
+        await server.close()
+
+
+async def test_a_flooding_peer_node_is_limited_apart_from_members(tmp_path: Path) -> None:
+    server, coop = await start_collective(tmp_path, CONFIG)
+    try:
+        stranger = SecretKey(os.urandom(32))  # a node key; any node may propose a line
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for _ in range(BURST + 5):
+                body = b"{}"
+                headers = coop.read_headers(stranger, "/v1/peer/lines", method="POST", body=body)
+                async with session.post(coop.url + "/v1/peer/lines", data=body, headers={
+                        **headers, "Content-Type": "application/json"}) as resp:
+                    problem = await resp.json(content_type=None)
+                    statuses.append((resp.status, problem["code"]))
+                    if resp.status == 429:
+                        assert resp.headers["Content-Type"].startswith(
+                            "application/problem+json")
+                        assert int(resp.headers["Retry-After"]) >= 1
+            # Members, limited per their own key, still read.
+            for _ in range(BURST):
+                headers = coop.read_headers(coop.alice, "/v1/whoami")
+                async with session.get(coop.url + "/v1/whoami", headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+        # Within its burst the stranger reaches the handler (which refuses the empty body);
+        # past it, every request is refused before anything is read.
+        assert statuses[:BURST] == [(400, "missing_field")] * BURST, statuses
+        assert statuses[BURST:] == [(429, "rate_limited")] * 5, statuses
+    finally:
+        await coop.client.close()
+        await server.close()
+
+
+async def test_a_client_that_never_finishes_its_headers_is_cut_off(tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    await init_data_dir(data)
+    node = Node(data, Config(api=ApiSettings(idle_timeout_seconds=1)))
+    served = await serve(node, "127.0.0.1", 0)
+    host, port = served.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v1/health HTTP/1.1\r\nHost: tally\r\nX-Slow: ")
+
+        async def trickle() -> None:
+            # One byte at a time, never the blank line that ends the headers.
+            with contextlib.suppress(OSError):
+                while True:
+                    await asyncio.sleep(0.2)
+                    writer.write(b"a")
+                    await writer.drain()
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            # Generous: the configured bound is 1 s. The node closes without an answer.
+            try:
+                answer = await asyncio.wait_for(reader.read(), timeout=30)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""
+        finally:
+            dripping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dripping
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+        # The node itself is fine: a prompt client is answered.
+        async with aiohttp.ClientSession() as session:
+            async with session.get(served.url + "/v1/health") as resp:
+                assert resp.status == 200
+                assert json.loads(await resp.text())["status"] == "ok"
+    finally:
+        await served.close()
