@@ -536,7 +536,7 @@ def openapi_document() -> dict[str, Any]:
                                           "properties": {"lines": {
                                               "type": "array",
                                               "items": _ref("SignedMessage")}}}}}},
-                              **_problems(401, 403, 429)}}},
+                              **_problems(400, 401, 403, 422, 429)}}},
             "/v1/lines/status": {"get": {
                 "operationId": "getLinesStatus",
                 "summary": "Reconcile every credit line now: both sides' signed statements "
