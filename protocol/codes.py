@@ -75,6 +75,7 @@ class ResultCode(str, Enum):
     rejected = "rejected"  # the payee's collective refused the payment (see detail)
     unknown_peer = "unknown_peer"  # the signing node is no peer of this one
     clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
+    unsupported_protocol = "unsupported_protocol"  # no node-to-node protocol version in common
 
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request
