@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -79,3 +80,15 @@ async def test_a_node_refuses_to_speak_to_a_peer_with_no_version_in_common(
     finally:
         await client.close()
     assert await coop.dump_unprompted() == before
+
+
+async def test_every_node_to_node_route_is_specified(coop: Collective) -> None:
+    from node.api import make_app
+
+    spec = (Path(__file__).parent.parent.parent / "docs" / "protocol.md").read_text("utf-8")
+    routes = {f"{r.method} {r.resource.canonical}" for r in make_app(coop.node).router.routes()
+              if r.resource is not None and r.method != "HEAD"
+              and r.resource.canonical.startswith("/v1/peer/")}
+    assert len(routes) >= 6
+    for route in routes:
+        assert f"`{route}`" in spec, route

@@ -16,7 +16,7 @@ from crypto.canonical import CanonicalError, canonical_json, parse_json
 from crypto.httpsig import verify_request
 from crypto.keys import PublicKey, SecretKey
 from protocol.federation import Line, Statement, condition_of
-from protocol.messages import MessageError, parse_log_entry, parse_signed
+from protocol.messages import _SPECS, MessageError, parse_log_entry, parse_signed
 from protocol.reconcile import compare
 from protocol.routing import Edge, amounts
 from tests.vectors import make_protocol_vectors as gen
@@ -150,3 +150,22 @@ def test_each_tampered_signature_does_not_verify(case: dict[str, Any]) -> None:
     signed = parse_signed(case["signed"])
     good, all_good = signed.verified_signers()
     assert not all_good and good == frozenset()
+
+
+SPEC = (gen.PATH.parent.parent.parent / "docs" / "protocol.md").read_text("utf-8")
+
+
+@pytest.mark.parametrize("kind", sorted({v["msg"]["type"] for v in VECTORS["messages"]}))
+def test_the_spec_gives_every_field_of_every_message(kind: str) -> None:
+    sections = SPEC.split("\n### ")
+    (section,) = [s for s in sections if s.split("\n", 1)[0].endswith(f"`{kind}`")
+                  or f"`{kind}` —" in s.split("\n", 1)[0]]
+    rows = {line.split("|")[1].strip() for line in section.splitlines()
+            if line.startswith("| `")}
+    documented = {f.strip("`") for row in rows for f in row.split(", ")}
+    assert documented == set(_SPECS[kind]), kind
+
+
+def test_the_spec_names_the_vectors_and_how_to_regenerate_them() -> None:
+    assert "tests/vectors/protocol-v1.json" in SPEC
+    assert "python -m tests.vectors.make_protocol_vectors" in SPEC
