@@ -28,6 +28,7 @@ from node.problems import Problem, problem_middleware
 from node.ratelimit import RateLimiter
 from node.service import Node
 from node.writer import Memo
+from protocol import version as protocol_version
 from protocol.codes import ResultCode
 from protocol.ledger import Outcome, memo_hash
 from protocol.messages import (
@@ -262,6 +263,7 @@ def info_document(node: Node) -> dict[str, Any]:
         "max_batch": cfg.api.max_batch,
         "log_size": state.size,
         "api_version": "v1",
+        "protocols": list(protocol_version.SUPPORTED),  # node-to-node versions it speaks
         "software": "tally 0.1.0",
     }
 

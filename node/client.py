@@ -29,6 +29,7 @@ import yarl
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import PublicKey, SecretKey, b64url
+from protocol import version as protocol_version
 from protocol.federation import Line, LineSettlement, Party, PaymentOrder
 from protocol.ledger import memo_hash
 from protocol.messages import (
@@ -194,6 +195,8 @@ class TallyClient:
         last: Exception | None = None
         for attempt in range(attempts):
             headers = {"Content-Type": "application/json"} if body is not None else {}
+            if path.startswith("/v1/peer/"):  # node to node: in the version both speak
+                headers[protocol_version.HEADER] = str(await self.protocol())
             if signed:
                 headers.update(await self._sign_headers(method, path, data))
             try:
@@ -228,6 +231,20 @@ class TallyClient:
             f"could not reach the node at {self.url} ({last}); "
             "check the URL and that the node is running",
         )
+
+    async def protocol(self) -> int:
+        """The node-to-node protocol version to speak with this node: the highest both speak
+        (``protocol.version.choose``), from the ``protocols`` its info lists."""
+        listed = (await self.info()).raw.get("protocols")
+        theirs = [v for v in listed if type(v) is int] if isinstance(listed, list) else None
+        version = protocol_version.choose(protocol_version.SUPPORTED, theirs)
+        if version is None:
+            raise TallyError(
+                "unsupported_protocol",
+                f"the node at {self.url} speaks node-to-node protocol version(s) {theirs}; "
+                f"this one speaks {list(protocol_version.SUPPORTED)}: upgrade one of them",
+            )
+        return version
 
     async def _sign_headers(self, method: str, path: str, data: bytes) -> dict[str, str]:
         if self.key is None:

@@ -47,6 +47,8 @@ SCHEMAS: dict[str, Any] = {
             "instance": {"type": "string"},
             "code": {"type": "string", "enum": [c.value for c in ResultCode]},
             "field": {"type": "string"},
+            # unsupported_protocol: the node-to-node protocol versions this node speaks
+            "protocols": {"type": "array", "items": {"type": "integer", "minimum": 1}},
         },
         required=["type", "title", "status", "detail", "code"],
     ),
@@ -165,6 +167,7 @@ SCHEMAS: dict[str, Any] = {
             "max_batch": {"type": "integer"},
             "log_size": {"type": "integer"},
             "api_version": {"const": "v1"},
+            "protocols": {"type": "array", "items": {"type": "integer", "minimum": 1}},
             "software": {"type": "string"},
         },
         extra=True,

@@ -15,14 +15,23 @@ from aiohttp import web
 
 from crypto.httpsig import SignedRequestError
 from crypto.keys import PublicKey
-from node.api import NODE, authenticate, consume_nonce, limit_rate, read_json, verify_signed
-from node.api import PEER_LIMITER
+from node.api import (
+    NODE,
+    PEER_LIMITER,
+    authenticate,
+    consume_nonce,
+    limit_rate,
+    read_json,
+    verify_signed,
+)
 from node.federation import FederationError
 from node.problems import Problem
+from protocol import version as protocol_version
 from protocol.codes import ResultCode
 from protocol.federation import path_of_keys
 from protocol.messages import check_fields, hex128, parse_signed, text
 
+HEADER, SUPPORTED = protocol_version.HEADER, protocol_version.SUPPORTED
 LINE = frozenset({"line"})
 URL = text(None, 300)
 
@@ -35,6 +44,11 @@ def _fed(request: web.Request) -> Any:
 
 async def authenticate_peer(request: web.Request, known_only: bool = True) -> PublicKey:
     node = request.app[NODE]
+    if protocol_version.parse_header(request.headers.get(HEADER)) not in SUPPORTED:
+        raise Problem(ResultCode.unsupported_protocol,
+                      f"this node speaks node-to-node protocol version(s) "
+                      f"{', '.join(map(str, SUPPORTED))}, not {request.headers.get(HEADER)!r}",
+                      extra={"protocols": list(SUPPORTED)})
     skew = max(1, node.config.federation.margin_ms // 4 // 1000)
     try:
         verified = await verify_signed(request, skew)
@@ -324,12 +338,20 @@ async def resolve_dispute(request: web.Request) -> web.Response:
         raise _problem(exc) from exc
 
 
+async def _protocol_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer to a node-to-node request says which protocol version it speaks."""
+    if request.path.startswith("/v1/peer/"):
+        asked = protocol_version.parse_header(request.headers.get(HEADER))
+        response.headers[HEADER] = str(asked if asked in SUPPORTED else protocol_version.VERSION)
+
+
 def add_federation_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/settlements", peer_settlements)
     app.router.add_post("/v1/peer/suspension", peer_suspension)
     app.router.add_post("/v1/settlements", post_settlement)
     app.router.add_get("/v1/disputes", get_disputes)
     app.router.add_post("/v1/disputes/{id}/resolve", resolve_dispute)
+    app.on_response_prepare.append(_protocol_header)
     app.router.add_post("/v1/peer/lines", peer_lines)
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)

@@ -44,6 +44,7 @@ STATUS: dict[ResultCode, int] = {
     ResultCode.body_too_large: 413,
     ResultCode.batch_too_large: 413,
     ResultCode.unsupported_media_type: 415,
+    ResultCode.unsupported_protocol: 400,
     ResultCode.exists_with_different_fields: 409,
     ResultCode.account_exists: 409,
     ResultCode.key_in_use: 409,

@@ -76,6 +76,7 @@ class ResultCode(str, Enum):
     unknown_peer = "unknown_peer"  # the signing node is no peer of this one
     clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
     exceeds_line_balance = "exceeds_line_balance"  # a settlement larger than what is owed
+    unsupported_protocol = "unsupported_protocol"  # no node-to-node protocol version in common
 
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request
