@@ -75,6 +75,9 @@ class ResultCode(str, Enum):
     rejected = "rejected"  # the payee's collective refused the payment (see detail)
     unknown_peer = "unknown_peer"  # the signing node is no peer of this one
     clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
+    stale_record = "stale_record"  # a node record older than the one held for that node
+    record_conflict = "record_conflict"  # a node signed two records with one counter
+    bad_evidence = "bad_evidence"  # evidence of equivocation that does not prove it
 
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request
