@@ -503,10 +503,12 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/v1/accounts/{handle}/erase-memos", erase_memos)
     # The log routes need this module's NODE and authenticate: registered here, imported late.
     from node.logapi import add_log_routes
+    from node.gossip import add_gossip_routes
     from node.peerapi import add_federation_routes
 
     add_log_routes(app)
     add_federation_routes(app)
+    add_gossip_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await node.start()

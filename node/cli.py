@@ -873,6 +873,47 @@ def cmd_peer_status(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run, key))
 
 
+def cmd_evidence_check(args: argparse.Namespace) -> None:
+    from protocol.evidence import EvidenceError, parse_evidence
+
+    try:
+        doc = json.loads(Path(args.file).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise CliError(f"{args.file} is not JSON: {exc}") from exc
+    try:
+        ev = parse_evidence(doc)
+    except EvidenceError as exc:
+        raise CliError(f"{args.file} proves nothing: {exc}") from exc
+    emit(args, f"Valid evidence: {ev.summary()}.\nAnyone may check it again offline; the "
+         f"key that signed both is {ev.offender.text}.",
+         {"valid": True, "id": ev.id, "offender": ev.offender.text, "origin": ev.origin,
+          "sizes": [c.size for c in ev.checkpoints]})
+
+
+def cmd_peers(args: argparse.Namespace) -> None:
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        doc = await client.get_json("/v1/gossip/nodes")
+        out = []
+        for n in doc["nodes"]:
+            flags = [f for f, on in (("stale", n["stale"]), ("SUSPENDED", n["suspended"]),
+                                      ("this node", n["self"])) if on]
+            witnessed = n["checkpoint_size"]
+            out.append(
+                f"{n['name'][:24]:24} key {n['key'][:16]}  heard {n['age_seconds']}s ago"
+                f"{'  [' + ', '.join(flags) + ']' if flags else ''}"
+                f"\n    {' '.join(n['urls'])}  log size seen "
+                f"{'-' if witnessed is None else witnessed}  lines {len(n['lines'])}"
+                f"  {n['software']}")
+        for ev in doc["evidence"]:
+            out.append(f"EVIDENCE {ev['id'][:16]}: {ev['summary']}")
+        graph = f"{len(doc['edges'])} credit line(s) in the learned graph"
+        emit(args, "\n".join([*out, graph]) if out else "No nodes known yet.", doc)
+
+    asyncio.run(with_client(args, run))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from node.demo import run_demo
 
@@ -1096,6 +1137,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vkey", metavar="KEY",
                    help="the log key you trust (name+hash+key); default: the node's")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("peers", parents=[client_opts],
+                       help="the nodes this node knows by gossip: freshness, lines, the log "
+                       "size seen, and any evidence of equivocation")
+    p.set_defaults(func=cmd_peers)
+    evidence = sub.add_parser("evidence", help="evidence that a node showed two histories")
+    esub = evidence.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
+    p = esub.add_parser("check", parents=[json_opt],
+                        help="verify an evidence file offline (exit status 0 only if it "
+                        "proves equivocation)")
+    p.add_argument("file", metavar="FILE", help="an evidence record (JSON), e.g. from "
+                   "`tally peers --json`")
+    p.set_defaults(func=cmd_evidence_check)
 
     p = sub.add_parser("demo", parents=[json_opt],
                        help="three collectives on this machine, with members paying each other")

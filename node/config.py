@@ -91,6 +91,21 @@ class FederationSettings:
 
 
 @dataclass(frozen=True)
+class GossipSettings:
+    bootstrap: list[str] = field(default_factory=list)  # URLs of nodes to learn the others from
+    period_ms: int = 3000  # one round of exchanges this often, give or take the jitter
+    jitter_ms: int = 1000
+    fanout: int = 3  # nodes exchanged with per round
+    timeout_ms: int = 2000  # one exchange with one node, end to end
+    refresh_seconds: int = 60  # sign a newer record of ourselves at least this often
+    stale_after_seconds: int = 600  # a node unheard-of this long is stale (kept, not used)
+    forget_after_seconds: int = 7 * 24 * 3600  # and dropped after this long
+    max_message_bytes: int = 1024 * 1024  # largest gossip request body accepted
+    max_update_bytes: int = 256 * 1024  # records, checkpoints and evidence sent per message
+    max_digest_entries: int = 20000  # largest digest accepted (entries)
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
@@ -98,6 +113,7 @@ class Config:
     storage: StorageSettings = field(default_factory=StorageSettings)
     log: LogSettings = field(default_factory=LogSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
+    gossip: GossipSettings = field(default_factory=GossipSettings)
 
     def validate(self) -> None:
         if self.ledger.books not in ("open", "private"):
@@ -123,6 +139,18 @@ class Config:
                 or fed.statement_interval_ms < 1000:
             raise ConfigError("[federation] max_hops must be 1 to 8, max_routes at least 1, "
                               "graph_refresh_ms and statement_interval_ms at least 1000")
+        g = self.gossip
+        if not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                   for u in g.bootstrap):
+            raise ConfigError("[gossip] bootstrap must list http:// or https:// URLs")
+        if g.period_ms < 100 or not 0 <= g.jitter_ms < g.period_ms:
+            raise ConfigError("[gossip] period_ms must be at least 100 and jitter_ms below it")
+        if not 0 <= g.fanout <= 20:
+            raise ConfigError("[gossip] fanout must be between 0 and 20")
+        if g.stale_after_seconds > g.forget_after_seconds:
+            raise ConfigError("[gossip] stale_after_seconds must not exceed forget_after_seconds")
+        if g.max_message_bytes > 2 * 1024 * 1024:
+            raise ConfigError("[gossip] max_message_bytes may be at most 2 MiB")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

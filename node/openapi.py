@@ -256,6 +256,70 @@ def _problems(*statuses: int) -> dict[str, Any]:
     }
 
 
+_LIST = {"type": "array", "items": {"type": "object"}}
+_EVIDENCE = _obj({"type": {"const": "equivocation"}, "vkey": {"type": "string"},
+                  "checkpoints": {"type": "array", "items": {"type": "string"},
+                                  "minItems": 2, "maxItems": 2},
+                  "proof": {"type": "array", "items": {"type": "string"}}})
+_UPDATE = _obj({"records": _LIST, "checkpoints": _LIST, "evidence": _LIST})
+_WANT = _obj({"records": {"type": "array", "items": KEY},
+              "checkpoints": {"type": "array", "items": KEY},
+              "evidence": {"type": "array", "items": LEDGER}})
+SCHEMAS.update({
+    "GossipDigest": _obj({"digest": _obj({
+        "records": {"type": "object", "additionalProperties": {"type": "integer"},
+                    "description": "node key -> counter of the record held"},
+        "checkpoints": {"type": "object", "additionalProperties": _obj(
+            {"size": {"type": "integer"}, "root": {"type": "string"}}),
+            "description": "node key -> size and root of the largest checkpoint held"},
+        "evidence": {"type": "array", "items": LEDGER}})}),
+    "GossipUpdate": _obj({"update": _UPDATE}),
+    "GossipAnswer": _obj({"update": _UPDATE, "want": _WANT}),
+    "GossipMerged": _obj({"merged": {"type": "integer"}, "refused": {"type": "array", "items":
+                          _obj({"code": {"type": "string"}, "message": {"type": "string"}})}}),
+    "GossipNodes": _obj({
+        "self": KEY,
+        "nodes": {"type": "array", "items": {"type": "object", "required": [
+            "key", "name", "urls", "stale", "suspended", "lines", "checkpoint_size",
+            "age_seconds"]}},
+        "edges": _LIST,
+        "evidence": {"type": "array", "items": _obj({"id": LEDGER, "offender": KEY,
+                                                     "summary": {"type": "string"}})}}),
+    "Evidence": _EVIDENCE,
+})
+
+
+def _gossip_paths() -> dict[str, Any]:
+    node_to_node: dict[str, Any] = {"security": [{"nodeSignature": []}]}
+    return {
+        "/v1/gossip/exchange": {"post": {
+            "operationId": "gossipExchange", **node_to_node,
+            "summary": "Node to node: send a digest; get what is newer here, and what we want",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("GossipDigest")}}},
+            "responses": {"200": _json("GossipAnswer", "items newer here, and wanted ones"),
+                          **_problems(400, 401, 413, 415, 429)}}},
+        "/v1/gossip/push": {"post": {
+            "operationId": "gossipPush", **node_to_node,
+            "summary": "Node to node: the items asked for (records, checkpoints, evidence)",
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("GossipUpdate")}}},
+            "responses": {"200": _json("GossipMerged", "how many merged; each refusal"),
+                          **_problems(400, 401, 413, 415, 422, 429)}}},
+        "/v1/gossip/nodes": {"get": {
+            "operationId": "gossipNodes",
+            "summary": "The nodes known by gossip, their freshness, lines and log size seen, "
+                       "the learned graph, and evidence of equivocation",
+            "responses": {"200": _json("GossipNodes", "known nodes")}}},
+        "/v1/gossip/evidence/{id}": {"get": {
+            "operationId": "gossipEvidence",
+            "summary": "One piece of evidence, as `tally evidence check` reads it",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": LEDGER}],
+            "responses": {"200": _json("Evidence", "the evidence record"),
+                          **_problems(404)}}},
+    }
+
+
 SIGNED_READ = [{"memberSignature": []}]
 READ_PROBLEMS = _problems(400, 401, 403, 404, 429, 503)
 PATH_HANDLE = {"name": "handle", "in": "path", "required": True, "schema": HANDLE}
@@ -569,6 +633,7 @@ def openapi_document() -> dict[str, Any]:
                                 "schema": {"type": "integer", "minimum": 1}}],
                 "responses": {"200": _json("Routes", "the collective and its routes"),
                               **READ_PROBLEMS}}},
+            **_gossip_paths(),
             "/v1/events/{id}": {
                 "get": {"operationId": "getEvent", "summary": "The receipt of an applied event",
                         "security": SIGNED_READ,

@@ -36,6 +36,7 @@ from node.writer import Writer
 
 if TYPE_CHECKING:
     from node.federation import Federation
+    from node.gossip import Gossip
 from protocol.ledger import LedgerState, Policy, SigCheck
 from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message, signature_bytes
 
@@ -286,6 +287,7 @@ class Node:
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None
         self.federation: Federation | None = None
+        self.gossip: Gossip | None = None
         # The URL peers reach us at: the configured one, else set by the server once bound.
         self.public_url = self.config.node.public_url
 
@@ -339,6 +341,10 @@ class Node:
 
         self.federation = Federation(self)
         await self.federation.start()
+        from node.gossip import Gossip
+
+        self.gossip = Gossip(self)
+        await self.gossip.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
@@ -351,6 +357,9 @@ class Node:
         await self.writer.write(insert)
 
     async def stop(self) -> None:
+        if self.gossip is not None:
+            await self.gossip.stop()
+            self.gossip = None
         if self.federation is not None:
             await self.federation.stop()
             self.federation = None

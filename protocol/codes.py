@@ -77,6 +77,9 @@ class ResultCode(str, Enum):
     clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
     exceeds_line_balance = "exceeds_line_balance"  # a settlement larger than what is owed
     unsupported_protocol = "unsupported_protocol"  # no node-to-node protocol version in common
+    stale_record = "stale_record"  # a node record older than the one held for that node
+    record_conflict = "record_conflict"  # a node signed two records with one counter
+    bad_evidence = "bad_evidence"  # evidence of equivocation that does not prove it
 
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request

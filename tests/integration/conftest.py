@@ -38,6 +38,7 @@ class NodeProcess:
         self.url = ""
         self.starts = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # the process's environment (None: ours)
         self._files: list[IO[bytes]] = []
 
     def _log(self, kind: str) -> Path:
@@ -57,7 +58,7 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node", "node", "run", "--data", str(self.data_dir),
              "--listen", f"127.0.0.1:{self.port}", "--json"],
-            stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.logs,
+            stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.logs, env=self.env,
         )
         deadline = time.monotonic() + timeout
         line = ""
