@@ -134,9 +134,13 @@ class TallyClient:
         session: aiohttp.ClientSession | None = None,
         timeout: float = 30.0,
         retries: int = 3,
+        expect_key_id: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.key = key
+        # A peer node's key id as a credit line pinned it: the node at the URL must have it,
+        # else nothing is signed for it (the URL alone is never trusted).
+        self.expect_key_id = expect_key_id
         self._session = session
         self._own_session = session is None
         self.timeout = timeout
@@ -278,7 +282,13 @@ class TallyClient:
     async def info(self, refresh: bool = False) -> NodeInfo:
         if self._info is None or refresh:
             _, doc = await self._request("GET", "/v1/info")
-            self._info = NodeInfo.from_json(self.url, doc)
+            info = NodeInfo.from_json(self.url, doc)
+            if self.expect_key_id is not None and info.node_key.key_id != self.expect_key_id:
+                raise TallyError(
+                    "wrong_node",
+                    f"the node at {self.url} has key {info.node_key.key_id}, not "
+                    f"{self.expect_key_id} as the credit line pinned it: check its address")
+            self._info = info
         return self._info
 
     async def health(self) -> dict[str, Any]:

@@ -310,7 +310,8 @@ class Federation:
         client = self.clients.get(key_id)
         if client is None or client.url != url.rstrip("/"):
             client = TallyClient(url, self.node.node_key, retries=0,
-                                 timeout=self.cfg.peer_timeout_ms / 1000)
+                                 timeout=self.cfg.peer_timeout_ms / 1000,
+                                 expect_key_id=key_id)
             self.clients[key_id] = client
         return client
 
@@ -344,8 +345,33 @@ class Federation:
         return out
 
     def routes_to(self, destination: PublicKey, amount: int) -> list[Route]:
+        avoid = frozenset(e.line for e in self.edges()
+                          if self.distrusted(e.a) or self.distrusted(e.b))
         return routes(self.edges(), self.key, destination, amount,
-                      max_hops=self.cfg.max_hops, limit=self.cfg.max_routes)
+                      max_hops=self.cfg.max_hops, limit=self.cfg.max_routes, avoid=avoid)
+
+    def distrusted(self, key: PublicKey) -> bool:
+        """Whether this node holds verified evidence that ``key``'s node equivocated (showed
+        two histories of its log): no new payment goes to, from or through it."""
+        gossip = self.node.gossip
+        return gossip is not None and gossip.suspended(key)
+
+    def _refuse_distrusted(self, key: PublicKey) -> None:
+        if self.distrusted(key):
+            raise FederationError(ResultCode.line_suspended,
+                                  "this node holds evidence that your node equivocated; no new "
+                                  "payments until the stewards of both collectives resolve it")
+
+    async def on_evidence(self, ev: Any) -> None:
+        """Gossip verified evidence of equivocation by ``ev.offender``: keep it as a dispute
+        on the line with that node (if any) for the stewards, who suspend it formally."""
+        line = self.line_with(ev.offender)
+        log.warning("node %s equivocated: no new payments with it%s", ev.offender.key_id,
+                    f"; stewards: `tally peer suspend {line.other(self.key).name}`"
+                    if line else "")
+        if line is not None:
+            await self.record_dispute("equivocation", ev.offender, line.id, ev.id[:32],
+                                      {"evidence": ev.to_json()})
 
     def parties(self) -> dict[PublicKey, dict[str, Any]]:
         """Every collective named by a line this node knows: key -> {name, unit, ledger}."""
@@ -670,8 +696,10 @@ class Federation:
                 delay = min(delay * 2, 2.0)
                 continue
             if isinstance(answer, dict) and "pending" in answer:
-                await asyncio.sleep(delay)  # an intermediary waits on its own downstream
-                delay = min(delay * 2, 2.0)
+                # An intermediary waits on its own downstream: ask again soon, well within
+                # a margin, or a fulfilment that reached it in time could reach us too late.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0, self.cfg.margin_ms / 4000)
                 continue
             try:
                 await self._outbound_answer(record, answer)
@@ -959,6 +987,7 @@ class Federation:
         assert isinstance(order, PaymentOrder)
         if self.line_with(sender) is None:
             raise FederationError(ResultCode.unknown_peer, "no credit line with your collective")
+        self._refuse_distrusted(sender)
         if order.payee_node != self.key:
             # Not ours: ask the next node on the path (which asks the next...). The quote is
             # the destination's, signed by it; we only carry it back.
@@ -990,6 +1019,14 @@ class Federation:
                               (order.id,)) as cur:
             if await cur.fetchone():
                 raise FederationError(ResultCode.exists, "this order was already paid")
+        async with db.execute("SELECT order_id, doc FROM quotes WHERE id = ?",
+                              (attempt_id,)) as cur:
+            row = await cur.fetchone()
+        if row is not None:  # a repeated request: the same quote again, never a second one
+            if row[0] != order.id:
+                raise FederationError(ResultCode.exists_with_different_fields,
+                                      "that attempt id was quoted for another order")
+            return parse_signed(json.loads(row[1]), frozenset({"quote"}))
         fulfilment = os.urandom(32)
         quote = sign_message(
             Quote(attempt_id, order.id, sender, order.payee, order.amount,
@@ -998,14 +1035,17 @@ class Federation:
         )
 
         async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
+            await db.execute(  # a concurrent twin of this request already stored one: keep it
+                "INSERT OR IGNORE INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
                 (attempt_id, order.id, fulfilment, json.dumps(quote.to_json())),
             )
 
         assert self.node.writer is not None
         await self.node.writer.write(run)  # stored before the quote leaves this node
-        return quote
+        async with db.execute("SELECT doc FROM quotes WHERE id = ?", (attempt_id,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return parse_signed(json.loads(row[0]), frozenset({"quote"}))  # the one stored
 
     async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed | None:
         """Our FULFIL or REJECT for a PREPARE; None while it is still pending downstream
@@ -1014,6 +1054,8 @@ class Federation:
         assert isinstance(p, Prepare)
         if p.from_node != sender or p.to_node != self.key:
             raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
+        if self.distrusted(sender) and p.id not in self.payments:
+            self._refuse_distrusted(sender)
         order = p.order.msg
         assert isinstance(order, PaymentOrder)
         if order.payee_node != self.key:

@@ -344,6 +344,10 @@ class Node:
         from node.gossip import Gossip
 
         self.gossip = Gossip(self)
+        # Routes also go over the lines learnt by gossip; evidence of equivocation stops
+        # payments with the node that equivocated.
+        self.federation.extra_edges = self.gossip.edges
+        self.gossip.on_evidence.append(self.federation.on_evidence)
         await self.gossip.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
 

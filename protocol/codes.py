@@ -73,6 +73,8 @@ class ResultCode(str, Enum):
     not_expired = "not_expired"  # voiding for expiry before the expiry
     no_route = "no_route"  # no credit line leads to the payee's collective
     rejected = "rejected"  # the payee's collective refused the payment (see detail)
+    downstream_failed = "downstream_failed"  # a collective further along the path did not
+    # answer before the expiry of what was forwarded to it
     unknown_peer = "unknown_peer"  # the signing node is no peer of this one
     clock_skew = "clock_skew"  # the peer's clock is too far from ours to settle safely
     exceeds_line_balance = "exceeds_line_balance"  # a settlement larger than what is owed

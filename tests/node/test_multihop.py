@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from node.client import TallyClient
+from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
-from protocol.federation import ROUTING_ACCOUNT, peer_handle
+from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, peer_handle
 from protocol.ledger import invariant_violations
 from protocol.messages import sign_message
 from tests.node import test_federation as tf
@@ -210,3 +210,40 @@ async def test_an_intermediary_that_withholds_then_sends_late_carries_its_own_lo
     assert late["kind"] == "late_fulfilment" and late["attempt"] == loss["attempt"]
     assert a.account("alice")["balance"] == 0
     clean(a, b, c)
+
+
+async def test_a_repeated_quote_request_gets_the_same_quote(net: Net) -> None:
+    a, c = net.a, net.c
+    order = sign_message(PaymentOrder(a.node.ledger.ledger_id, new_id(), "alice", "cy",
+                                      c.node_key.public, 10, 10, now_ms() + 60_000),
+                         a.members["alice"])
+    body = {"order": order.to_json(), "attempt": new_id(), "path": [c.node_key.public.text]}
+    first = await a.fed._peer_post(net.b.node_key.public.key_id, "/v1/peer/quote", body)
+    again = await a.fed._peer_post(net.b.node_key.public.key_id, "/v1/peer/quote", body)
+    assert first == again  # one fulfilment per attempt: the same condition both times
+    other = sign_message(replace(order.msg, id=new_id()), a.members["alice"])
+    err = await refused(a.fed._peer_post(net.b.node_key.public.key_id, "/v1/peer/quote",
+                                         {**body, "order": other.to_json()}))
+    assert err.code == "exists_with_different_fields"
+
+
+async def test_a_peer_node_must_have_the_key_the_line_pinned(net: Net) -> None:
+    a, b, c = net.a, net.b, net.c
+    # Someone points A's record of B's address at C: A signs nothing for C as if it were B.
+    async with TallyClient(c.url, a.node_key, expect_key_id=b.node_key.public.key_id) as fake:
+        err = await refused(fake._request("GET", "/v1/peer/graph", signed=True))
+    assert err.code == "wrong_node" and b.node_key.public.key_id in err.detail
+
+
+async def test_no_new_payment_through_a_node_known_to_have_equivocated(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = net.a, net.b, net.c
+    assert b.node.gossip is not None
+    # B holds (verified) evidence that A's node showed two histories of its log.
+    monkeypatch.setattr(b.node.gossip, "suspended", lambda key: key == a.node_key.public)
+    err = await refused(a.member("alice").pay_remote("alice", "cy", c.node_key.public, 10, 10))
+    assert err.code == "line_suspended" and "equivocated" in err.detail
+    assert a.account("alice")["balance"] == 0 and c.account("cy")["balance"] == 0
+    # C still pays B's members directly: only A is distrusted.
+    receipt = await c.member("cy").pay_remote("cy", "bea", b.node_key.public, 5, 5)
+    assert receipt["result"] == "ok"
