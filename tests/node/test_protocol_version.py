@@ -88,7 +88,7 @@ async def test_every_node_to_node_route_is_specified(coop: Collective) -> None:
     spec = (Path(__file__).parent.parent.parent / "docs" / "protocol.md").read_text("utf-8")
     routes = {f"{r.method} {r.resource.canonical}" for r in make_app(coop.node).router.routes()
               if r.resource is not None and r.method != "HEAD"
-              and r.resource.canonical.startswith("/v1/peer/")}
-    assert len(routes) >= 6
+              and r.resource.canonical.startswith(("/v1/peer/", "/v1/gossip/"))}
+    assert len(routes) >= 12
     for route in routes:
         assert f"`{route}`" in spec, route

@@ -15,7 +15,10 @@ import pytest
 from crypto.canonical import CanonicalError, canonical_json, parse_json
 from crypto.httpsig import verify_request
 from crypto.keys import PublicKey, SecretKey
+from protocol.evidence import EvidenceError, parse_evidence
 from protocol.federation import Line, Statement, condition_of
+from protocol.gossip import GossipError, parse_record
+from protocol.lines import is_suspension_of
 from protocol.messages import _SPECS, MessageError, parse_log_entry, parse_signed
 from protocol.reconcile import compare
 from protocol.routing import Edge, amounts
@@ -35,7 +38,48 @@ def test_the_stored_vectors_are_exactly_what_the_code_produces() -> None:
 def test_every_message_type_of_the_protocol_has_a_vector() -> None:
     kinds = {v["msg"]["type"] for v in VECTORS["messages"]}
     assert kinds == {"line", "payment_order", "quote", "prepare", "fulfil", "reject",
-                     "decision", "statement"}
+                     "decision", "statement", "line_settlement", "node_record"}
+
+
+def test_the_one_sided_suspension_is_one_the_ledger_takes_from_one_node() -> None:
+    by_name = {v["name"]: v for v in VECTORS["messages"]}
+    agreed = parse_signed(by_name["line"]["signed"], frozenset({"line"})).msg
+    suspension = parse_signed(by_name["line_suspension"]["signed"], frozenset({"line"})).msg
+    assert isinstance(agreed, Line) and isinstance(suspension, Line)
+    assert is_suspension_of(agreed, suspension)
+    assert not is_suspension_of(suspension, agreed)
+
+
+def test_the_settlement_amounts_follow_the_line_rate() -> None:
+    by_name = {v["name"]: v for v in VECTORS["messages"]}
+    line = parse_signed(by_name["line"]["signed"], frozenset({"line"})).msg
+    s = by_name["line_settlement"]["msg"]
+    assert isinstance(line, Line) and s["line"] == line.id
+    assert s["amount_b"] == line.convert(s["amount_a"], "a")
+
+
+def test_the_node_record_is_accepted_by_gossip_and_names_only_its_own_lines() -> None:
+    vector = {v["name"]: v for v in VECTORS["messages"]}["node_record"]
+    signed, record = parse_record(vector["signed"], now=gen.NOW)
+    assert record.key.text == KEYS["node_a"]["public_key"]
+    assert signed.canonical == vector["signed_canonical"].encode("utf-8")
+    # Signed by another key than the one it describes: refused.
+    forged = json.loads(json.dumps(vector["signed"]))
+    forged["sigs"][0]["key"] = KEYS["node_b"]["public_key"]
+    with pytest.raises(GossipError):
+        parse_record(forged, now=gen.NOW)
+
+
+@pytest.mark.parametrize("vector", VECTORS["evidence"], ids=lambda v: v["name"])
+def test_each_evidence_record_verifies_and_names_its_offender(vector: dict[str, Any]) -> None:
+    ev = parse_evidence(vector["record"])
+    assert canonical_json(vector["record"]) == vector["canonical"].encode("utf-8")
+    assert ev.id == vector["id"] == hashlib.sha256(vector["canonical"].encode()).hexdigest()
+    assert ev.offender.text == KEYS[vector["offender"]]["public_key"]
+    # The same two checkpoints with the same root: no contradiction, so no evidence.
+    same = dict(vector["record"], checkpoints=[vector["record"]["checkpoints"][0]] * 2)
+    with pytest.raises(EvidenceError):
+        parse_evidence(same)
 
 
 @pytest.mark.parametrize("key", VECTORS["keys"], ids=lambda k: k["name"])

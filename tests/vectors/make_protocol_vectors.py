@@ -19,14 +19,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dataclasses import replace
+
 from crypto.canonical import canonical_json
+from crypto.checkpoint import format_checkpoint
 from crypto.httpsig import content_digest, sign_request, signature_base
 from crypto.keys import SecretKey
+from crypto.note import ALG_ED25519, Ed25519Signer, format_verifier_key, sign_note
 from protocol import version as protocol_version
+from protocol.evidence import same_size_evidence
 from protocol.federation import (
     Decision,
     Fulfil,
     Line,
+    LineSettlement,
     Party,
     PaymentOrder,
     Prepare,
@@ -35,6 +41,7 @@ from protocol.federation import (
     Statement,
     condition_of,
 )
+from protocol.gossip import LineEntry, make_record
 from protocol.messages import LogEntry, Signed, Unit, sign_message
 from protocol.reconcile import compare
 from protocol.routing import Edge, amounts
@@ -138,6 +145,18 @@ def messages() -> tuple[list[dict[str, Any]], dict[str, Signed]]:
                 LINE_BC.convert(first_to, "a"), quote2.condition, NOW + 30_000,
                 s["payment_order_2hop"], s["quote_2hop"]), k["node_b"])
 
+    # Line AB (B owes A 150 cents, say): B paid A 90 cents out of band = 60 minutes at 3/2.
+    s["line_settlement"] = sign_message(
+        LineSettlement(hex_id("settlement 1"), LINE_AB.id, 1, "b", 60, LINE_AB.convert(60, "a"),
+                       "bank transfer GW-2023-117", NOW + 86_400_000), k["node_a"], k["node_b"])
+    # A suspends line AB alone: version 2, the only change active -> suspended.
+    s["line_suspension"] = sign_message(replace(LINE_AB, version=2, status="suspended"),
+                                        k["node_a"])
+    s["node_record"] = make_record(
+        k["node_a"], name=PARTY["a"].name, ledger=PARTY["a"].ledger,
+        log_vkey=log_vkey("a"), urls=["https://riverside.example/tally"], unit=HOURS,
+        lines=[LineEntry.of(LINE_AB)], software="tally 0.1.0", counter=NOW + 7, issued=NOW + 7)
+
     notes = {
         "line": ("line", ["node_a", "node_b"],
                  "a credit line agreement as the two nodes exchange it (stewards' signatures "
@@ -159,12 +178,47 @@ def messages() -> tuple[list[dict[str, Any]], dict[str, Signed]]:
         "prepare_2hop_forward": ("prepare", ["node_b"],
                                  "B to C: all that B received, converted; expires a margin "
                                  "(8000 ms) sooner; path empty"),
+        "line_settlement": ("line_settlement", ["node_a", "node_b"],
+                            "B paid A outside Tally: 60 minutes = 90 cents at 3/2; as the two "
+                            "nodes exchange it (each ledger adds k of its own stewards)"),
+        "line_suspension": ("line", ["node_a"],
+                            "A suspends line AB alone: version 2 of the line, the only change "
+                            "active -> suspended, signed by A's node (A's stewards add theirs "
+                            "on A's ledger)"),
+        "node_record": ("node_record", ["node_a"],
+                        "A's gossip record of itself: signed by the key it describes; lines "
+                        "sorted by id; log_vkey is the node key under the log's origin"),
     }
     out = []
     for name, (kind, signers, note) in notes.items():
         assert s[name].msg.type == kind
         out.append(message_vector(name, s[name], signers, note))
     return out, s
+
+
+def log_origin(side: str) -> str:
+    return f"tally/{PARTY[side].ledger}"
+
+
+def log_vkey(side: str) -> str:
+    return format_verifier_key(log_origin(side), ALG_ED25519, PARTY[side].node_key.raw)
+
+
+def evidence() -> list[dict[str, Any]]:
+    """Equivocation evidence: A's node signed two checkpoints of one size, other roots."""
+    signer = Ed25519Signer(log_origin("a"), seed("node_a"))
+    notes = sorted(
+        sign_note(format_checkpoint(log_origin("a"), 42,
+                                    hashlib.sha256(f"tally protocol-v1 vector root {i}".encode())
+                                    .digest()), [signer])
+        for i in (1, 2))
+    ev = same_size_evidence(log_vkey("a"), notes[0], notes[1])
+    record = ev.to_json()
+    return [{"name": "equivocation_same_size",
+             "note": "two checkpoints of size 42 signed by node_a's log key, different roots; "
+                     "proof empty; the smaller note (bytewise) first",
+             "offender": "node_a", "record": record,
+             "canonical": canonical_json(record).decode("utf-8"), "id": ev.id}]
 
 
 def edge(line: Line) -> Edge:
@@ -191,6 +245,8 @@ def http_requests(s: dict[str, Signed]) -> list[dict[str, Any]]:
         ("post_prepare", "POST", "/v1/peer/prepare", "",
          canonical_json({"prepare": s["prepare"].to_json()}), "node_a", "node_b"),
         ("get_graph", "GET", "/v1/peer/graph", "", b"", "node_b", "node_a"),
+        ("post_settlement", "POST", "/v1/peer/settlements", "",
+         canonical_json({"settlement": s["line_settlement"].to_json()}), "node_b", "node_a"),
     )
     for name, method, path, query, body, signer, recipient in cases:
         created = NOW // 1000 + 3
@@ -367,6 +423,7 @@ def build() -> dict[str, Any]:
                         for f in (FULFILMENT, FULFILMENT_2)],
         "messages": vectors,
         "log_entries": log_entries(s),
+        "evidence": evidence(),
         "http_requests": http_requests(s),
         "conversions": conversions(),
         "routes": routes(),
