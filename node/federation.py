@@ -192,6 +192,8 @@ class Federation:
         self.learned: dict[str, Signed] = {}
         self.extra_edges: Any = None  # a callable giving more edges (gossip), if any
         self.reconciled: dict[str, dict[str, Any]] = {}  # line id -> the latest comparison
+        # line id -> (the difference, since when, raised already)
+        self._unsettled: dict[str, tuple[Any, int, bool]] = {}
         # Settlement proposals not yet logged: id -> (signed, "ours" or "theirs").
         self.settlements: dict[str, tuple[Signed, str]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -1055,7 +1057,11 @@ class Federation:
         if p.from_node != sender or p.to_node != self.key:
             raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
         if self.distrusted(sender) and p.id not in self.payments:
-            self._refuse_distrusted(sender)
+            # A signed REJECT, holding nothing: the upstream voids at once instead of asking
+            # again until its expiry.
+            return await self._refuse_prepare(
+                signed, "line_suspended", "this node holds evidence that your node "
+                "equivocated; no new payments until the stewards of both collectives resolve it")
         order = p.order.msg
         assert isinstance(order, PaymentOrder)
         if order.payee_node != self.key:
@@ -1289,9 +1295,16 @@ class Federation:
 
     # --- reconciliation -----------------------------------------------------------------------
 
-    def our_statement(self, line_id: str) -> Signed:
+    async def our_statement(self, line_id: str) -> Signed:
         state = self.node.ledger
-        return sign_message(statement(state, line_id, self.now(), state.size),
+        db = self.node.reader
+        assert db is not None
+        prefix = f"line_settlement/{line_id}/"
+        async with db.execute("SELECT COUNT(*) FROM events WHERE id >= ? AND id < ?",
+                              (prefix, prefix[:-1] + "0")) as cur:
+            row = await cur.fetchone()
+        settled = int(row[0]) if row else 0
+        return sign_message(statement(state, line_id, self.now(), state.size, settled),
                             self.node.node_key)
 
     def _check_statement(self, signed: Signed, sender: PublicKey) -> Line:
@@ -1311,14 +1324,37 @@ class Federation:
 
     async def _compared(self, ours: Signed, theirs: Signed, line: Line) -> dict[str, Any]:
         verdict, detail = compare(ours.msg, theirs.msg)  # type: ignore[arg-type]
+        verdict, detail, new = self._escalate(line.id, verdict, detail, ours, theirs)
         result = {"line": line.id, "peer": line.other(self.key).name, "verdict": verdict,
                   "detail": detail, "ours": ours.to_json(), "theirs": theirs.to_json(),
                   "at": self.now()}
         self.reconciled[line.id] = result
-        if verdict == "mismatch":
+        if verdict == "mismatch" and new:
             log.warning("STATEMENT MISMATCH on the line with %s: %s", result["peer"], detail)
             await self._record_statement_mismatch(line, ours, theirs, detail)
         return result
+
+    def _escalate(self, line_id: str, verdict: str, detail: str, ours: Signed,
+                  theirs: Signed) -> tuple[str, str, bool]:
+        """An "unsettled" difference that stays the same for three statement rounds is no
+        longer a payment in passing: a settlement or a decision reached one ledger only.
+        Raise it as a mismatch, with both statements."""
+        if verdict != "unsettled":
+            self._unsettled.pop(line_id, None)
+            return verdict, detail, True
+        a, b = ours.msg, theirs.msg
+        assert isinstance(a, Statement) and isinstance(b, Statement)
+        same = (a.version, b.version, a.in_flight, b.in_flight, a.settled, b.settled)
+        first = self._unsettled.get(line_id)
+        if first is None or first[0] != same:
+            self._unsettled[line_id] = (same, self.now(), False)
+            return verdict, detail, False
+        waited = self.now() - first[1]
+        if waited < 3 * self.cfg.statement_interval_ms:
+            return verdict, detail, False
+        self._unsettled[line_id] = (same, first[1], True)  # recorded once, not every round
+        return "mismatch", (f"the same difference for {waited // 1000} s, through several "
+                            f"statements: {detail}"), not first[2]
 
     async def _record_statement_mismatch(self, line: Line, ours: Signed, theirs: Signed,
                                          detail: str) -> None:
@@ -1333,7 +1369,7 @@ class Federation:
     async def receive_statement(self, signed: Signed, sender: PublicKey) -> dict[str, Any]:
         """A peer's statement of our line: answer with ours, and compare them."""
         line = self._check_statement(signed, sender)
-        ours = self.our_statement(line.id)
+        ours = await self.our_statement(line.id)
         await self._compared(ours, signed, line)
         return {"statement": ours.to_json()}
 
@@ -1344,7 +1380,7 @@ class Federation:
         if not isinstance(line, Line):
             raise FederationError(ResultCode.line_not_found, f"no credit line {line_id}")
         peer = line.other(self.key).node_key
-        ours = self.our_statement(line_id)
+        ours = await self.our_statement(line_id)
         try:
             answer = await self._peer_post(peer.key_id, "/v1/peer/statement",
                                            {"statement": ours.to_json()})

@@ -271,12 +271,14 @@ class Statement:
     sum_a: int
     sum_b: int
     in_flight: tuple[str, ...]
+    settled: int = 0  # how many out-of-band settlements of the line this ledger logged
     type: str = "statement"
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, "line": self.line, "version": self.version,
                 "node": self.node.text, "as_of": self.as_of, "size": self.size,
-                "sum_a": self.sum_a, "sum_b": self.sum_b, "in_flight": list(self.in_flight)}
+                "sum_a": self.sum_a, "sum_b": self.sum_b, "in_flight": list(self.in_flight),
+                "settled": self.settled}
 
 
 MAX_IN_FLIGHT_LISTED = 10_000
@@ -360,6 +362,7 @@ register_message("statement", Statement, {
     "type": literal("statement"), "line": hex128, "version": integer(1, 2**31),
     "node": public_key, "as_of": timestamp, "size": integer(0, MAX_AMOUNT),
     "sum_a": SIGNED_SUM, "sum_b": SIGNED_SUM, "in_flight": _attempt_ids,
+    "settled": integer(0, 2**31),
 })
 
 

@@ -10,9 +10,10 @@ Comparing two statements gives one of:
 ``agree``
     Same line version, same holds in flight, same sums: the books match.
 ``unsettled``
-    The versions or the sets of holds in flight differ: a payment is between the two
-    ledgers (one side decided, the other has not heard yet). Nothing can be concluded; ask
-    again later. This is never evidence of anything.
+    The versions, the sets of holds in flight, or the numbers of settlements logged
+    differ: a payment (or a change) is between the two ledgers — one side decided, the
+    other has not heard yet. Nothing can be concluded from one comparison; ask again later.
+    (The node escalates a difference that persists: see ``node.federation``.)
 ``mismatch``
     Same version and the same holds in flight, yet the sums differ. One ledger records
     payments the other does not, or records them otherwise: both signed statements are the
@@ -30,8 +31,10 @@ from protocol.ledger import LedgerState
 Verdict = Literal["agree", "unsettled", "mismatch"]
 
 
-def statement(state: LedgerState, line_id: str, now: int, size: int) -> Statement:
-    """This ledger's statement of line ``line_id`` (which must be one of its lines)."""
+def statement(state: LedgerState, line_id: str, now: int, size: int,
+              settled: int = 0) -> Statement:
+    """This ledger's statement of line ``line_id`` (which must be one of its lines);
+    ``settled`` is how many settlements of it the ledger logged (the node counts them)."""
     line = state.lines[line_id].msg
     assert isinstance(line, Line)
     ours = state.genesis.node_key
@@ -50,7 +53,7 @@ def statement(state: LedgerState, line_id: str, now: int, size: int) -> Statemen
             theirs_sum += sign * hold.peer_amount
     sum_a, sum_b = (ours_sum, theirs_sum) if we_are_a else (-theirs_sum, -ours_sum)
     return Statement(line_id, line.version, ours, now, size, sum_a, sum_b,
-                     tuple(sorted(set(in_flight))))
+                     tuple(sorted(set(in_flight))), settled)
 
 
 def compare(ours: Statement, theirs: Statement) -> tuple[Verdict, str]:
@@ -65,6 +68,9 @@ def compare(ours: Statement, theirs: Statement) -> tuple[Verdict, str]:
         only_there = len(set(theirs.in_flight) - set(ours.in_flight))
         return "unsettled", (f"{only_here} payment(s) in flight only here, {only_there} only "
                              "there: ask again once they settle")
+    if ours.settled != theirs.settled:
+        return "unsettled", (f"{ours.settled} settlement(s) of the line logged here, "
+                             f"{theirs.settled} there")
     if (ours.sum_a, ours.sum_b) != (theirs.sum_a, theirs.sum_b):
         return "mismatch", (f"with the same payments in flight, this ledger says "
                             f"{ours.sum_a}/{ours.sum_b} flowed from A to B (in A's/B's unit), "

@@ -159,7 +159,7 @@ async def test_statements_agree_after_payments_and_a_lying_peer_is_caught(net: N
     # B lies to A: it claims less has flowed. A answers with its own statement, and keeps
     # both as evidence of the mismatch.
     line_id = status["lines"][0]["line"]
-    honest = b.fed.our_statement(line_id).msg
+    honest = (await b.fed.our_statement(line_id)).msg
     lie = sign_message(replace(honest, sum_a=honest.sum_a - 50), b.node_key)
     async with TallyClient(a.url, b.node_key, retries=0) as as_b:
         answer = await as_b._request("POST", "/v1/peer/statement",
@@ -247,3 +247,27 @@ async def test_no_new_payment_through_a_node_known_to_have_equivocated(
     # C still pays B's members directly: only A is distrusted.
     receipt = await c.member("cy").pay_remote("cy", "bea", b.node_key.public, 5, 5)
     assert receipt["result"] == "ok"
+
+
+async def test_a_difference_that_persists_through_statements_becomes_a_mismatch(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = net.a, net.b
+    line = a.fed.line_with(b.node_key.public)
+    assert line is not None
+    ours = await a.fed.our_statement(line.id)
+    honest = (await b.fed.our_statement(line.id)).msg
+    # B's ledger says one settlement of the line was logged; A's says none.
+    theirs = sign_message(replace(honest, settled=1), b.node_key)
+    clock = [a.fed.now()]
+    monkeypatch.setattr(a.fed, "now", lambda: clock[0])
+    interval = a.fed.cfg.statement_interval_ms
+    verdicts = []
+    for _ in range(5):
+        verdicts.append((await a.fed._compared(ours, theirs, line))["verdict"])
+        clock[0] += interval
+    # Passing at first; after three rounds of the same difference, raised once, with both
+    # statements as evidence.
+    assert verdicts == ["unsettled", "unsettled", "unsettled", "mismatch", "mismatch"]
+    disputes = [d for d in await a.client(a.steward).disputes()
+                if d["kind"] == "statement_mismatch"]
+    assert len(disputes) == 1 and disputes[0]["evidence"]["theirs"] == theirs.to_json()

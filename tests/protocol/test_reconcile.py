@@ -82,3 +82,12 @@ def test_a_lying_statement_is_a_mismatch() -> None:
                     theirs.sum_a - 10, theirs.sum_b, theirs.in_flight)
     verdict, detail = compare(ours, lie)
     assert verdict == "mismatch" and str(ours.sum_a) in detail
+
+
+def test_a_settlement_on_one_ledger_only_is_unsettled_at_first() -> None:
+    a, b, line = two()
+    pay(a, b, line, "alice", "bob", 90)
+    ours = statement(a.state, line.id, NOW, 1, settled=1)
+    theirs = statement(b.state, line.id, NOW, 1, settled=0)
+    verdict, detail = compare(ours, theirs)
+    assert verdict == "unsettled" and "settlement" in detail
