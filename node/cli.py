@@ -618,7 +618,9 @@ def cmd_verify(args: argparse.Namespace) -> None:
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
         handle = await my_handle(args, client, home)
         try:
-            report = await verify_member(client, handle, home.path, recheck_all=args.all)
+            report = await verify_member(client, handle, home.path, recheck_all=args.all,
+                                         witnesses=args.witnesses,
+                                         witness_keys=args.witness_key or ())
         except VerificationFailed as exc:
             raise CliError(f"VERIFICATION FAILED: {exc}") from exc
         emit(
@@ -1128,6 +1130,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
     p.add_argument("--all", action="store_true",
                    help="re-check every entry of yours, not only those new since last time")
+    p.add_argument("--witnesses", type=int, default=0, metavar="K",
+                   help="also require at least K valid cosignatures (C2SP tlog-cosignature) "
+                   "on the checkpoint from its witnesses: the collectives the node has credit "
+                   "lines with, or the keys given with --witness-key")
+    p.add_argument("--witness-key", action="append", metavar="VKEY",
+                   help="a witness's cosigner key (the `witness_vkey` another node serves at "
+                   "/v1/log/checkpoint); repeat for several. Given keys replace the ones the "
+                   "node reports, which a dishonest node could make up")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("audit", parents=[client_opts],
                        help="check a whole log: signatures, tree, tiles, and every balance "

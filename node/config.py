@@ -106,6 +106,14 @@ class GossipSettings:
 
 
 @dataclass(frozen=True)
+class WitnessSettings:
+    # Pushing each new checkpoint to the line peers' witnesses (C2SP tlog-witness): one
+    # request to one witness, and how soon one that failed or is behind is tried again.
+    timeout_ms: int = 5000
+    retry_ms: int = 30000
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
@@ -114,6 +122,7 @@ class Config:
     log: LogSettings = field(default_factory=LogSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
     gossip: GossipSettings = field(default_factory=GossipSettings)
+    witness: WitnessSettings = field(default_factory=WitnessSettings)
 
     def validate(self) -> None:
         if self.ledger.books not in ("open", "private"):
@@ -151,6 +160,8 @@ class Config:
             raise ConfigError("[gossip] stale_after_seconds must not exceed forget_after_seconds")
         if g.max_message_bytes > 2 * 1024 * 1024:
             raise ConfigError("[gossip] max_message_bytes may be at most 2 MiB")
+        if self.witness.timeout_ms < 100 or self.witness.retry_ms < 100:
+            raise ConfigError("[witness] timeout_ms and retry_ms must be at least 100")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -270,6 +270,12 @@ class Gossip:
         return {"merged": len(merged.outcomes),
                 "refused": [{"code": e.code.value, "message": e.message} for e in merged.refused]}
 
+    async def found(self, ev: Equivocation) -> None:
+        """Evidence this node found itself (a witness's check, ``node.witness``): kept,
+        gossiped and acted on like evidence received."""
+        if self.state.add_evidence(ev):
+            await self.merged(Merged(evidence=[ev]))
+
     async def merged(self, merged: Merged) -> None:
         for exc in merged.refused:
             log.debug("gossip item refused (%s): %s", exc.code.value, exc.message)

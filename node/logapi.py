@@ -38,6 +38,7 @@ from node.checkpoints import SignedCheckpoint, log_origin
 from node.problems import Problem
 from node.service import Node
 from node.tree import read_hashes
+from node.witness import add_witness_routes, witness_vkey
 from protocol.codes import ResultCode
 from protocol.messages import Transfer, parse_log_entry
 
@@ -63,6 +64,12 @@ def latest(node: Node) -> SignedCheckpoint:
     if cp is None:
         raise Problem(ResultCode.not_found, "no checkpoint signed yet; retry in a second")
     return cp
+
+
+def served_note(node: Node, cp: SignedCheckpoint) -> bytes:
+    """The checkpoint note as served: with the cosignatures its witnesses gave it
+    (``node.witness``), still a valid signed note for clients that know none of them."""
+    return node.witnessing.cosigned_note(cp) if node.witnessing is not None else cp.note
 
 
 def _decimal(raw: str | None) -> int | None:
@@ -107,9 +114,9 @@ async def entries_public_or_member(request: web.Request) -> None:
 
 
 async def get_checkpoint(request: web.Request) -> web.Response:
-    cp = latest(request.app[NODE])
+    node = request.app[NODE]
     return web.Response(
-        body=cp.note, content_type="text/plain", charset="utf-8",
+        body=served_note(node, latest(node)), content_type="text/plain", charset="utf-8",
         headers={"Cache-Control": SHORT},
     )
 
@@ -167,8 +174,13 @@ async def get_checkpoint_json(request: web.Request) -> web.Response:
         "origin": cp.checkpoint.origin,
         "size": cp.checkpoint.size,
         "root": b64(cp.checkpoint.root),
-        "note": cp.note.decode(),
+        "note": served_note(node, cp).decode(),
         "vkey": vkey_of(node),
+        # Witnessing: this node's own cosigner key, and those of the line peers that witness
+        # its log (keys as its credit lines pin them; a member may prefer keys of its own).
+        "witness_vkey": node.witnessing.vkey if node.witnessing is not None else None,
+        "witnesses": sorted(witness_vkey(p) for p in node.witnessing.peers())
+        if node.witnessing is not None else [],
     })
 
 
@@ -212,7 +224,8 @@ async def get_tlog_proof(request: web.Request) -> web.Response:
         node.reader, merkle.inclusion_proof_indexes(index, cp.checkpoint.size)
     )
     proof = merkle.inclusion_proof(index, cp.checkpoint.size, hashes)
-    return web.Response(body=format_tlog_proof(index, proof, cp.note), content_type="text/plain",
+    return web.Response(body=format_tlog_proof(index, proof, served_note(node, cp)),
+                        content_type="text/plain",
                         charset="utf-8")
 
 
@@ -256,4 +269,5 @@ def add_log_routes(app: web.Application) -> None:
     app.router.add_get("/v1/log/consistency", get_consistency)
     app.router.add_get("/v1/log/proof/{index}", get_tlog_proof)
     app.router.add_get("/v1/log/entries/{index}", get_entry)
+    add_witness_routes(app)
 

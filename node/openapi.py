@@ -180,6 +180,10 @@ SCHEMAS: dict[str, Any] = {
             "root": {"type": "string", "description": "base64 SHA-256 tree root"},
             "note": {"type": "string", "description": "the C2SP signed note, as at /log/checkpoint"},
             "vkey": {"type": "string", "description": "the log's verifier key, name+hash+key"},
+            "witness_vkey": {"type": ["string", "null"], "description":
+                             "this node's own cosigner key (tlog-cosignature, type 0x04)"},
+            "witnesses": {"type": "array", "items": {"type": "string"}, "description":
+                          "cosigner keys of the line peers that witness this log"},
         }
     ),
     "InclusionProof": _obj(
@@ -456,7 +460,8 @@ def openapi_document() -> dict[str, Any]:
             },
             "/log/checkpoint": {"get": {
                 "operationId": "logCheckpoint",
-                "summary": "The latest checkpoint: a C2SP tlog-checkpoint in a signed note",
+                "summary": "The latest checkpoint: a C2SP tlog-checkpoint in a signed note, "
+                           "with the cosignatures its witnesses gave it",
                 "responses": {"200": _text("the signed note"), **_problems(404)}}},
             "/log/vkey": {"get": {
                 "operationId": "logVkey", "summary": "The log's signed-note verifier key",
@@ -470,6 +475,24 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "the tile",
                                       "content": {"application/octet-stream": {}}},
                               **_problems(401, 403, 404)}}},
+            "/add-checkpoint": {"post": {
+                "operationId": "witnessAddCheckpoint",
+                "summary": "C2SP tlog-witness: cosign a checkpoint of a line peer's log, given "
+                           "a consistency proof from the size this node last cosigned",
+                "description": (
+                    "Body: `old <size>`, up to 63 base64 consistency proof lines, a blank "
+                    "line, then the signed checkpoint. Only the logs of collectives this node "
+                    "has a credit line with are witnessed. 200: a cosignature/v1 note "
+                    "signature line. 409: the size last cosigned, as `text/x.tlog.size`; "
+                    "retry with a proof from it. A request proving that the log signed two "
+                    "histories is refused with 422 and its evidence is gossiped."),
+                "requestBody": {"required": True, "content": {"text/plain": {
+                    "schema": {"type": "string"}}}},
+                "responses": {
+                    "200": _text("the cosignature line(s)"),
+                    "409": {"description": "old is not the size this witness last cosigned",
+                            "content": {"text/x.tlog.size": {"schema": {"type": "string"}}}},
+                    **_problems(400, 403, 404, 413, 422, 429, 503)}}},
             "/v1/log/checkpoint": {"get": {
                 "operationId": "logCheckpointJson", "summary": "The latest checkpoint, as JSON",
                 "responses": {"200": _json("CheckpointJson", "the checkpoint"),

@@ -57,6 +57,8 @@ STATUS: dict[ResultCode, int] = {
     ResultCode.unknown_signer: 403,
     ResultCode.forbidden: 403,
     ResultCode.not_found: 404,
+    ResultCode.unknown_log: 404,
+    ResultCode.old_size_mismatch: 409,
     ResultCode.method_not_allowed: 405,
     ResultCode.rate_limited: 429,
     ResultCode.overloaded: 503,

@@ -37,6 +37,7 @@ from node.writer import Writer
 if TYPE_CHECKING:
     from node.federation import Federation
     from node.gossip import Gossip
+    from node.witness import Witnessing
 from protocol.ledger import LedgerState, Policy, SigCheck
 from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message, signature_bytes
 
@@ -288,6 +289,7 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self.federation: Federation | None = None
         self.gossip: Gossip | None = None
+        self.witnessing: Witnessing | None = None
         # The URL peers reach us at: the configured one, else set by the server once bound.
         self.public_url = self.config.node.public_url
 
@@ -349,6 +351,10 @@ class Node:
         self.federation.extra_edges = self.gossip.edges
         self.gossip.on_evidence.append(self.federation.on_evidence)
         await self.gossip.start()
+        from node.witness import Witnessing
+
+        self.witnessing = Witnessing(self)
+        await self.witnessing.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
@@ -361,6 +367,9 @@ class Node:
         await self.writer.write(insert)
 
     async def stop(self) -> None:
+        if self.witnessing is not None:
+            await self.witnessing.stop()
+            self.witnessing = None
         if self.gossip is not None:
             await self.gossip.stop()
             self.gossip = None

@@ -9,6 +9,11 @@ not taken on the node's word:
 3. the checkpoint is consistent with the last one this member saw (an RFC 6962 consistency
    proof): the log only grew. A log that shrank, or a proof that fails, is reported loudly,
    with both checkpoints saved as evidence;
+   With ``witnesses=k``, the checkpoint must also carry at least k valid C2SP cosignatures
+   from known witnesses: the keys given, or else the line peers' cosigner keys the node
+   reports (``node.witness``) — which shows the checkpoint was seen, consistent with their
+   last, by collectives other than the node itself. Keys given by the member are the stronger
+   choice: a node that lies could report witnesses it controls;
 4. each of the member's own postings not yet checked is an entry in the log (an inclusion
    proof against the checkpoint), and that entry says what the history said; a C2SP
    tlog-proof bundle for each is kept in the home, valid offline whatever the node does later.
@@ -19,9 +24,11 @@ State kept in ``<home>/logs/<ledger id>/``: ``vkey``, ``checkpoint`` (last seen)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +36,14 @@ from typing import Any
 from crypto import merkle
 from crypto.canonical import parse_json
 from crypto.checkpoint import Checkpoint, CheckpointError, parse_checkpoint
-from crypto.note import NoteError, Verifier, open_note, parse_verifier_key
+from crypto.note import CosignatureVerifier, NoteError, Verifier, open_note, parse_verifier_key
 from node.client import TallyClient
 from protocol.federation import Decision, Fulfil
 from protocol.messages import MessageError, Transfer, parse_log_entry
+from protocol.witness import valid_cosigners
+
+# A cosignature dated further ahead of the member's clock than this does not count.
+COSIGNATURE_SKEW_SECONDS = 600
 
 
 class VerificationFailed(Exception):
@@ -89,8 +100,58 @@ def _open_checkpoint(note: bytes, verifier: Verifier, what: str) -> Checkpoint:
         ) from exc
 
 
+def _cosigner_keys(vkeys: Sequence[str], source: str) -> list[CosignatureVerifier]:
+    out = []
+    for vkey in vkeys:
+        try:
+            v = parse_verifier_key(vkey)
+        except NoteError as exc:
+            raise VerificationFailed(f"witness key {vkey[:60]!r} ({source}): {exc}") from exc
+        if not isinstance(v, CosignatureVerifier):
+            raise VerificationFailed(
+                f"witness key {vkey[:60]!r} ({source}) is not a cosignature key (type 0x04); "
+                "a witness's key is the `witness_vkey` its node serves at /v1/log/checkpoint")
+        out.append(v)
+    return out
+
+
+async def _witnessed_checkpoint(
+    client: TallyClient, verifier: Verifier, doc: dict[str, Any], need: int,
+    witness_keys: Sequence[str], wait_seconds: float, report: Report,
+) -> dict[str, Any]:
+    """The checkpoint document once its note carries ``need`` valid cosignatures; the node
+    asks its witnesses after each checkpoint, so a fresh one is waited for a little."""
+    if witness_keys:
+        trusted, source = _cosigner_keys(witness_keys, "given"), "the keys you gave"
+    else:
+        trusted = _cosigner_keys(doc.get("witnesses", []), "reported by the node")
+        source = "the line peers the node reports"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        note = doc["note"].encode()
+        _open_checkpoint(note, verifier, "the latest checkpoint")
+        found = valid_cosigners(note, trusted,
+                                not_after=int(time.time()) + COSIGNATURE_SKEW_SECONDS)
+        if len(found) >= need:
+            report.ok(f"cosigned by {len(found)} witness(es): "
+                      + ", ".join(w.name for w in found))
+            return doc
+        if time.monotonic() >= deadline or len(trusted) < need:
+            names = ", ".join(w.name for w in found) or "none"
+            hint = (f"only {len(trusted)} witness key(s) are known ({source}); give more with "
+                    "--witness-key" if len(trusted) < need else
+                    "its witnesses have not cosigned it (yet): run again in a minute, and if "
+                    "it persists ask your stewards whether the line peers are reachable")
+            raise VerificationFailed(
+                f"the checkpoint carries {len(found)} valid cosignature(s) from known "
+                f"witnesses ({names}), but you asked for at least {need}: {hint}")
+        await asyncio.sleep(0.5)
+        doc = await client.get_json("/v1/log/checkpoint")
+
+
 async def verify_member(
-    client: TallyClient, handle: str, home: Path, recheck_all: bool = False
+    client: TallyClient, handle: str, home: Path, recheck_all: bool = False, *,
+    witnesses: int = 0, witness_keys: Sequence[str] = (), wait_seconds: float = 10.0,
 ) -> Report:
     info = await client.info()
     state = LogState(home, info.ledger_id)
@@ -113,6 +174,9 @@ async def verify_member(
     verifier = parse_verifier_key(pinned_vkey)
 
     cp_doc = await client.get_json("/v1/log/checkpoint")
+    if witnesses > 0:
+        cp_doc = await _witnessed_checkpoint(client, verifier, cp_doc, witnesses, witness_keys,
+                                             wait_seconds, report)
     note = cp_doc["note"].encode()
     cp = _open_checkpoint(note, verifier, "the latest checkpoint")
     report.checkpoint_size = cp.size

@@ -82,6 +82,10 @@ class ResultCode(str, Enum):
     stale_record = "stale_record"  # a node record older than the one held for that node
     record_conflict = "record_conflict"  # a node signed two records with one counter
     bad_evidence = "bad_evidence"  # evidence of equivocation that does not prove it
+    # Witnessing (C2SP tlog-witness add-checkpoint), with the statuses that spec gives:
+    unknown_log = "unknown_log"  # 404: this witness cosigns no log of that origin
+    old_size_mismatch = "old_size_mismatch"  # 409: the witness last cosigned another size
+    inconsistent_checkpoint = "inconsistent_checkpoint"  # 422: not an extension of the last
 
     # --- signed reads and access -------------------------------------------------------------
     signature_required = "signature_required"  # this read needs a member's signed request
