@@ -117,16 +117,20 @@ def check_signatures(items: list[Signed]) -> list[SigCheck]:
 
 # --- signature checks off the event loop ----------------------------------------------------
 
-Job = tuple[bytes, bytes]  # (signature ‖ signed bytes, public key): what crypto_sign_open takes
+Job = tuple[str, bytes, bytes]  # (signature as written, public key, the bytes it signs)
 
 
 def open_signed(jobs: list[Job]) -> list[bool]:
-    """Verify each job; runs in a worker. Nothing but the libsodium call per item (which
-    releases the GIL): the bytes were prepared by the caller."""
+    """Verify each job; runs in a worker (a thread or a process). Per item: decode the
+    signature, then one libsodium call, which releases the GIL."""
     out = []
-    for sm, pk in jobs:
+    for sig, pk, body in jobs:
+        raw = signature_bytes(sig)
+        if raw is None:
+            out.append(False)
+            continue
         try:
-            nacl.bindings.crypto_sign_open(sm, pk)
+            nacl.bindings.crypto_sign_open(raw + body, pk)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             out.append(False)
         else:
@@ -134,36 +138,24 @@ def open_signed(jobs: list[Job]) -> list[bool]:
     return out
 
 
-def _jobs(items: list[Signed]) -> tuple[list[Job], list[list[int]]]:
-    """The jobs for ``items``' signatures, and for each item the job number of each of its
-    signatures (-1: not a canonical signature encoding, so it does not verify)."""
-    jobs: list[Job] = []
-    where: list[list[int]] = []
-    for signed in items:
-        body = signed.signed_bytes
-        mine = []
-        for sig in signed.sigs:
-            raw = signature_bytes(sig.sig)
-            if raw is None:
-                mine.append(-1)
-            else:
-                mine.append(len(jobs))
-                jobs.append((raw + body, sig.key.raw))
-        where.append(mine)
-    return jobs, where
+def _jobs(items: list[Signed]) -> list[Job]:
+    """One job per signature, in order."""
+    return [(sig.sig, sig.key.raw, signed.signed_bytes) for signed in items for sig in signed.sigs]
 
 
-def _sigchecks(items: list[Signed], where: list[list[int]], good: list[bool]) -> list[SigCheck]:
+def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     """``Signed.verified_signers()`` of each item, from the jobs' answers."""
     out: list[SigCheck] = []
-    for signed, mine in zip(items, where):
+    n = 0
+    for signed in items:
         sigs = signed.sigs
         if len(sigs) == 1:
-            n = mine[0]
-            ok = n >= 0 and good[n]
+            ok = good[n]
+            n += 1
             out.append((frozenset((sigs[0].key,)) if ok else frozenset(), ok))
             continue
-        keys = {s.key for s, n in zip(sigs, mine) if n >= 0 and good[n]}
+        keys = {s.key for s, ok in zip(sigs, good[n : n + len(sigs)]) if ok}
+        n += len(sigs)
         out.append((frozenset(keys), len(keys) == len({s.key for s in sigs})))
     return out
 
@@ -180,38 +172,48 @@ class Verifier:
 
     SPLIT = 64  # items from which one call is split across every worker at once
 
-    def __init__(self, workers: int, processes: bool = False) -> None:
+    def __init__(self, workers: int, processes: bool = False, inline_small: bool = False) -> None:
         self.workers = workers
-        self.pool: Executor
-        if processes:
-            import multiprocessing
-
-            self.pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("forkserver")
-            )
-        else:
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+        self.processes = processes
+        self.inline_small = inline_small
+        self.threads = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+        self._procs: ProcessPoolExecutor | None = None
         self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
         self.in_flight = 0
         self.scheduled = False
 
+    @property
+    def batch_pool(self) -> Executor:
+        if not self.processes:
+            return self.threads
+        if self._procs is None:
+            import multiprocessing
+
+            self._procs = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("forkserver")
+            )
+        return self._procs
+
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
             return []
-        jobs, where = _jobs(items)
-        if not jobs:
-            return _sigchecks(items, where, [])
+        jobs = _jobs(items)
         loop = asyncio.get_running_loop()
         if len(jobs) >= self.SPLIT:
             size = -(-len(jobs) // self.workers)
+            pool = self.batch_pool
             parts = await asyncio.gather(*(
-                loop.run_in_executor(self.pool, open_signed, jobs[i : i + size])
+                loop.run_in_executor(pool, open_signed, jobs[i : i + size])
                 for i in range(0, len(jobs), size)
             ))
             good = [ok for part in parts for ok in part]
+        elif self.inline_small:
+            good = open_signed(jobs)
         else:
             future: asyncio.Future[list[bool]] = loop.create_future()
             self.pending.append((jobs, len(jobs), future))
@@ -219,7 +221,7 @@ class Verifier:
                 self.scheduled = True
                 loop.call_soon(self._flush)
             good = await future
-        return _sigchecks(items, where, good)
+        return _sigchecks(items, good)
 
     def _flush(self) -> None:
         """Hand everything queued to a free worker as one job (after the loop's current
@@ -231,7 +233,7 @@ class Verifier:
         jobs = [job for part, _, _ in waiting for job in part]
         loop = asyncio.get_running_loop()
         try:
-            done = loop.run_in_executor(self.pool, open_signed, jobs)
+            done = loop.run_in_executor(self.threads, open_signed, jobs)
         except RuntimeError as exc:  # the pool was shut down: the node is stopping
             for _, _, future in waiting:
                 if not future.done():
@@ -276,11 +278,13 @@ class Node:
         self.clock_ms = clock_ms
         self.db: aiosqlite.Connection | None = None
         self.reader: aiosqlite.Connection | None = None
+        self.write_reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.verifier = Verifier(
             max(2, os.cpu_count() or 2),
             processes=os.environ.get("TALLY_VERIFY_PROCESSES") == "1",
+            inline_small=os.environ.get("TALLY_VERIFY_INLINE_SMALL") == "1",
         )
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
@@ -314,6 +318,11 @@ class Node:
             )
         self.reader = await aiosqlite.connect(path, isolation_level=None)
         await self.reader.execute("PRAGMA query_only=ON")
+        # The writer's own read-only connection: it looks up a batch's event ids there while
+        # the previous batch's write is still running on ``db`` (see node.writer).
+        self.write_reader = await aiosqlite.connect(path, isolation_level=None)
+        await self.write_reader.execute("PRAGMA query_only=ON")
+        await self.write_reader.execute("PRAGMA busy_timeout=5000")
         policy = Policy(max_valid_window_ms=self.config.ledger.max_valid_window_seconds * 1000)
         self.writer = Writer(
             self.db,
@@ -322,6 +331,7 @@ class Node:
             max_batch=self.config.storage.max_group_commit,
             max_queue=self.config.api.max_queue,
             clock_ms=self.clock_ms,
+            read_db=self.write_reader,
         )
         await self.writer.start()
         signer = log_signer(self.state.ledger_id, self.node_key)
@@ -340,6 +350,15 @@ class Node:
         self.federation = Federation(self)
         await self.federation.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
+        if os.environ.get("TALLY_SWITCH"):
+            import sys
+
+            sys.setswitchinterval(float(os.environ["TALLY_SWITCH"]))
+        if os.environ.get("TALLY_GC_TUNE") == "1":
+            import gc
+
+            gc.freeze()
+            gc.set_threshold(20000, 20, 100)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
         async def insert(db: aiosqlite.Connection) -> None:
@@ -362,10 +381,10 @@ class Node:
             except asyncio.CancelledError:
                 pass
         self.tasks.clear()
-        for conn in (self.reader, self.db):
+        for conn in (self.reader, self.write_reader, self.db):
             if conn is not None:
                 await conn.close()
-        self.reader = self.db = None
+        self.reader = self.write_reader = self.db = None
         self.verifier.shutdown()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
