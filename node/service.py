@@ -160,44 +160,54 @@ def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     return out
 
 
-class Verifier:
-    """Checks signatures in worker threads or processes, off the event loop.
+_PROCESSES: ProcessPoolExecutor | None = None
 
-    ``verify`` of many items (a batch request) splits them across the workers at once. Few
-    items (a single transfer, an act) wait in a queue that a worker takes whole when one is
-    free, so the transfers of concurrent requests are verified together in one job: one hop
-    per job, not per request. Workers get bytes and return booleans; the loop keeps the
-    ``Signed`` objects.
+
+def verify_processes(workers: int) -> ProcessPoolExecutor:
+    """The worker processes that verify batches: one pool per process (made on first use),
+    shared by every node it runs (``tally demo`` runs several)."""
+    global _PROCESSES
+    if _PROCESSES is None:
+        import multiprocessing
+
+        # forkserver: never fork this process (its threads hold locks); the server starts
+        # once, and each worker forks from it.
+        _PROCESSES = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+    return _PROCESSES
+
+
+class Verifier:
+    """Checks signatures off the event loop.
+
+    A batch request's items (``SPLIT`` or more) are split across worker *processes*: threads
+    would each need the GIL back after every signature, and with the event loop busy (it
+    parses and applies other batches meanwhile) they wait for it most of the time; a
+    process takes bytes and returns booleans, one hand-over per chunk.
+
+    Few items (a single transfer, an act) wait in a queue that a worker thread takes whole
+    when one is free, so the transfers of concurrent requests are verified together in one
+    job: one hop per job, not per request.
     """
 
-    SPLIT = 64  # items from which one call is split across every worker at once
+    SPLIT = 64  # items from which one call is split across the worker processes
 
-    def __init__(self, workers: int, processes: bool = False, inline_small: bool = False) -> None:
+    def __init__(self, workers: int, processes: bool = True, small: str = "thread") -> None:
         self.workers = workers
         self.processes = processes
-        self.inline_small = inline_small
+        self.small = small
         self.threads = ThreadPoolExecutor(workers, thread_name_prefix="verify")
-        self._procs: ProcessPoolExecutor | None = None
         self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
         self.in_flight = 0
         self.scheduled = False
 
     @property
     def batch_pool(self) -> Executor:
-        if not self.processes:
-            return self.threads
-        if self._procs is None:
-            import multiprocessing
-
-            self._procs = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("forkserver")
-            )
-        return self._procs
+        return verify_processes(self.workers) if self.processes else self.threads
 
     def shutdown(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
-        if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
@@ -212,7 +222,7 @@ class Verifier:
                 for i in range(0, len(jobs), size)
             ))
             good = [ok for part in parts for ok in part]
-        elif self.inline_small:
+        elif self.small == "inline":
             good = open_signed(jobs)
         else:
             future: asyncio.Future[list[bool]] = loop.create_future()
@@ -233,7 +243,8 @@ class Verifier:
         jobs = [job for part, _, _ in waiting for job in part]
         loop = asyncio.get_running_loop()
         try:
-            done = loop.run_in_executor(self.threads, open_signed, jobs)
+            pool = verify_processes(self.workers) if self.small == "process" else self.threads
+            done = loop.run_in_executor(pool, open_signed, jobs)
         except RuntimeError as exc:  # the pool was shut down: the node is stopping
             for _, _, future in waiting:
                 if not future.done():
@@ -283,8 +294,8 @@ class Node:
         self.tasks: list[asyncio.Task[None]] = []
         self.verifier = Verifier(
             max(2, os.cpu_count() or 2),
-            processes=os.environ.get("TALLY_VERIFY_PROCESSES") == "1",
-            inline_small=os.environ.get("TALLY_VERIFY_INLINE_SMALL") == "1",
+            processes=os.environ.get("TALLY_VERIFY_PROCESSES", "1") == "1",
+            small=os.environ.get("TALLY_VERIFY_SMALL", "thread"),
         )
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
