@@ -193,10 +193,9 @@ class Verifier:
 
     SPLIT = 64  # items from which one call is split across the worker processes
 
-    def __init__(self, workers: int, processes: bool = True, small: str = "thread") -> None:
+    def __init__(self, workers: int, processes: bool = True) -> None:
         self.workers = workers
         self.processes = processes
-        self.small = small
         self.threads = ThreadPoolExecutor(workers, thread_name_prefix="verify")
         self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
         self.in_flight = 0
@@ -222,8 +221,6 @@ class Verifier:
                 for i in range(0, len(jobs), size)
             ))
             good = [ok for part in parts for ok in part]
-        elif self.small == "inline":
-            good = open_signed(jobs)
         else:
             future: asyncio.Future[list[bool]] = loop.create_future()
             self.pending.append((jobs, len(jobs), future))
@@ -243,8 +240,7 @@ class Verifier:
         jobs = [job for part, _, _ in waiting for job in part]
         loop = asyncio.get_running_loop()
         try:
-            pool = verify_processes(self.workers) if self.small == "process" else self.threads
-            done = loop.run_in_executor(pool, open_signed, jobs)
+            done = loop.run_in_executor(self.threads, open_signed, jobs)
         except RuntimeError as exc:  # the pool was shut down: the node is stopping
             for _, _, future in waiting:
                 if not future.done():
@@ -292,11 +288,7 @@ class Node:
         self.write_reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.verifier = Verifier(
-            max(2, os.cpu_count() or 2),
-            processes=os.environ.get("TALLY_VERIFY_PROCESSES", "1") == "1",
-            small=os.environ.get("TALLY_VERIFY_SMALL", "thread"),
-        )
+        self.verifier = Verifier(max(2, os.cpu_count() or 2))
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None
@@ -361,15 +353,6 @@ class Node:
         self.federation = Federation(self)
         await self.federation.start()
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
-        if os.environ.get("TALLY_SWITCH"):
-            import sys
-
-            sys.setswitchinterval(float(os.environ["TALLY_SWITCH"]))
-        if os.environ.get("TALLY_GC_TUNE") == "1":
-            import gc
-
-            gc.freeze()
-            gc.set_threshold(20000, 20, 100)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
         async def insert(db: aiosqlite.Connection) -> None:

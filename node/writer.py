@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sqlite3
 import time
 from collections import deque
@@ -174,11 +173,6 @@ def _write(
     ``execute``), then COMMIT if ``commit``. On failure the writer rolls back (``_reset``)."""
     if gate.failed:
         raise RuntimeError("not written: an earlier batch failed")
-    import time as _t, sys as _s
-    def _ss():
-        with open("/proc/thread-self/schedstat") as f: a = f.read().split()
-        return int(a[0]) / 1e6, int(a[1]) / 1e6
-    c0, d0 = _ss(); w0 = _t.perf_counter()
     try:
         conn.execute("BEGIN IMMEDIATE")
         for sql, rows in statements:
@@ -186,11 +180,8 @@ def _write(
                 _insert_rows(conn, sql, rows)
             else:
                 conn.execute(sql, rows)
-        c1, d1 = _ss(); w1 = _t.perf_counter()
         if commit:
             conn.execute("COMMIT")
-        c2, d2 = _ss(); w2 = _t.perf_counter()
-        print("DBTRACE n %d stmts cpu %.2f runq %.2f wall %.2f commit cpu %.2f runq %.2f wall %.2f" % (len(statements[0][1]), c1-c0, d1-d0, (w1-w0)*1e3, c2-c1, d2-d1, (w2-w1)*1e3), file=_s.stderr, flush=True)
     except BaseException:
         gate.failed = True
         raise
@@ -257,9 +248,6 @@ class Writer:
         self._arrived = asyncio.Event()  # set by each submit: wakes a writer waiting on a write
 
     async def start(self) -> None:
-        for pragma in os.environ.get("TALLY_WRITER_PRAGMAS", "cache_size=-65536").split(";"):
-            if pragma:
-                await self.db.execute(f"PRAGMA {pragma}")
         now_s = self.clock_ms() // 1000
         async with self.db.execute(
             "SELECT nonce, expires FROM nonces WHERE expires >= ?", (now_s,)
