@@ -146,13 +146,24 @@ def _jobs(items: list[Signed]) -> list[Job]:
 def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     """``Signed.verified_signers()`` of each item, from the jobs' answers."""
     out: list[SigCheck] = []
+    # One answer per signer for single signatures: a batch's keys repeat (``_key`` interns
+    # them, so ``id`` tells them apart without hashing a dataclass per item).
+    signers: dict[int, SigCheck] = {}
+    bad: SigCheck = (frozenset(), False)
     n = 0
     for signed in items:
         sigs = signed.sigs
         if len(sigs) == 1:
             ok = good[n]
             n += 1
-            out.append((frozenset((sigs[0].key,)) if ok else frozenset(), ok))
+            if not ok:
+                out.append(bad)
+                continue
+            key = sigs[0].key
+            check = signers.get(id(key))
+            if check is None:  # (every key stays alive in ``items``: ids do not repeat)
+                check = signers[id(key)] = (frozenset((key,)), True)
+            out.append(check)
             continue
         keys = {s.key for s, ok in zip(sigs, good[n : n + len(sigs)]) if ok}
         n += len(sigs)
