@@ -296,7 +296,6 @@ class Node:
         self.clock_ms = clock_ms
         self.db: aiosqlite.Connection | None = None
         self.reader: aiosqlite.Connection | None = None
-        self.write_reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.verifier = Verifier(max(2, os.cpu_count() or 2))
@@ -332,11 +331,6 @@ class Node:
             )
         self.reader = await aiosqlite.connect(path, isolation_level=None)
         await self.reader.execute("PRAGMA query_only=ON")
-        # The writer's own read-only connection: it looks up a batch's event ids there while
-        # the previous batch's write is still running on ``db`` (see node.writer).
-        self.write_reader = await aiosqlite.connect(path, isolation_level=None)
-        await self.write_reader.execute("PRAGMA query_only=ON")
-        await self.write_reader.execute("PRAGMA busy_timeout=5000")
         policy = Policy(max_valid_window_ms=self.config.ledger.max_valid_window_seconds * 1000)
         self.writer = Writer(
             self.db,
@@ -345,7 +339,6 @@ class Node:
             max_batch=self.config.storage.max_group_commit,
             max_queue=self.config.api.max_queue,
             clock_ms=self.clock_ms,
-            read_db=self.write_reader,
         )
         await self.writer.start()
         signer = log_signer(self.state.ledger_id, self.node_key)
@@ -386,10 +379,10 @@ class Node:
             except asyncio.CancelledError:
                 pass
         self.tasks.clear()
-        for conn in (self.reader, self.write_reader, self.db):
+        for conn in (self.reader, self.db):
             if conn is not None:
                 await conn.close()
-        self.reader = self.write_reader = self.db = None
+        self.reader = self.db = None
         self.verifier.shutdown()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:

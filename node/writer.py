@@ -4,8 +4,8 @@ Layer: node. Owns every write to the ledger database after initialisation.
 
 Theory of operation
 -------------------
-Handlers parse a request and check its signatures (in workers, ``Node.verify``), then
-``submit`` it (or ``submit_batch`` a whole batch request, with one future for all its
+Handlers parse a request and check its signatures off the event loop (``Node.verify``),
+then ``submit`` it (or ``submit_batch`` a whole batch request, with one future for all its
 events) and await the outcome. The writer task takes whatever is queued — up to
 ``max_group_commit`` events, never splitting a batch request — and, in one
 ``BEGIN IMMEDIATE … COMMIT``:
@@ -15,20 +15,11 @@ events) and await the outcome. The writer task takes whatever is queued — up t
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
    postings, memos, event ids) and any signed-request nonces.
 
-Steps 1 and 3 each run as one function in a connection's own thread (one hop each, not one
+Steps 1 and 3 each run as one function in the connection's own thread (one hop each, not one
 per statement); step 3 includes the COMMIT unless an ``OpRequest`` must run in between.
 Only after COMMIT returns are the requests answered, so an acknowledged event is durable,
-and a refused one wrote nothing.
-
-Pipelining: while one batch's step 3 runs in the database thread (its COMMIT waits for the
-disk), the writer already does steps 1 and 2 of the next batch on the in-memory state, which
-includes the batch being written. Step 1 then reads through a second, read-only connection
-(it sees committed rows) plus the ids of the batches still being written. The writes run in
-order in the one database thread, so batch k+1 commits after batch k, and it is answered
-only after its own COMMIT. If a write fails, every write queued behind it refuses too (they
-were applied on top of it), the in-memory state is reloaded from the database, and every
-request of those batches gets ``internal_error`` (nothing applied). A batch with an
-``OpRequest`` waits until no write is in flight and runs alone.
+and a refused one wrote nothing. If the transaction fails, the in-memory state is reloaded
+from the database and every request in the batch gets ``internal_error`` (nothing applied).
 """
 
 from __future__ import annotations
@@ -38,7 +29,6 @@ import json
 import logging
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -159,59 +149,21 @@ def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) 
             start += size
 
 
-class _Gate:
-    """Closed, in the database thread, when a write fails: every write queued behind it then
-    refuses (its batch was applied on top of the failed one) until the writer reloads."""
-
-    failed = False
-
-
-def _write(
-    conn: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool, gate: _Gate
-) -> None:
+def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool) -> None:
     """BEGIN IMMEDIATE, every statement (for a list of rows, an INSERT of all of them; else
-    ``execute``), then COMMIT if ``commit``. On failure the writer rolls back (``_reset``)."""
-    if gate.failed:
-        raise RuntimeError("not written: an earlier batch failed")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        for sql, rows in statements:
-            if isinstance(rows, list):
-                _insert_rows(conn, sql, rows)
-            else:
-                conn.execute(sql, rows)
-        if commit:
-            conn.execute("COMMIT")
-    except BaseException:
-        gate.failed = True
-        raise
-
-
-def _commit_only(conn: sqlite3.Connection, gate: _Gate) -> None:
-    try:
+    ``execute``), then COMMIT if ``commit``. On failure the caller rolls back."""
+    conn.execute("BEGIN IMMEDIATE")
+    for sql, rows in statements:
+        if isinstance(rows, list):
+            _insert_rows(conn, sql, rows)
+        else:
+            conn.execute(sql, rows)
+    if commit:
         conn.execute("COMMIT")
-    except BaseException:
-        gate.failed = True
-        raise
 
 
-def _reset(conn: sqlite3.Connection, gate: _Gate) -> None:
-    """After a failure: roll back whatever is open, and let writes through again."""
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-    gate.failed = False
-
-
-@dataclass
-class _InFlight:
-    """A batch applied in memory whose write (step 3) may still be running."""
-
-    batch: list[Request]
-    results: list[Any]
-    write: asyncio.Future[None] | None  # None: nothing to write
-    size: int  # the log's size once this batch is committed
-    seen: dict[str, Seen]  # the ids it applied, for later batches' step 1 meanwhile
-    new_nonces: list[tuple[str, int]]
+def _commit_only(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
 
 
 class Writer:
@@ -225,11 +177,8 @@ class Writer:
         max_queue: int = 20000,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_commit: Callable[[int], None] | None = None,
-        read_db: aiosqlite.Connection | None = None,
     ) -> None:
         self.db = db
-        # Step 1 reads here while a write is in flight (None: through ``db``, after it).
-        self.read_db = read_db
         self.state = state
         self.policy = policy
         self.max_batch = max_batch
@@ -242,10 +191,6 @@ class Writer:
         self.nonces: dict[str, int] = {}
         self.last_time = 0
         self.commits = 0
-        self._gate = _Gate()
-        self._inflight: deque[_InFlight] = deque()
-        self._inflight_seen: dict[str, Seen] = {}
-        self._arrived = asyncio.Event()  # set by each submit: wakes a writer waiting on a write
 
     async def start(self) -> None:
         now_s = self.clock_ms() // 1000
@@ -265,7 +210,6 @@ class Writer:
             raise Overloaded()
         self.queued += size
         self.queue.put_nowait(request)
-        self._arrived.set()
 
     def submit_all(self, requests: list[Request]) -> None:
         """Queue every request or none: a batch is refused whole when the queue lacks room."""
@@ -300,112 +244,47 @@ class Writer:
         self.submit_nowait(request)
         return await request.future
 
-    DEPTH = 2  # batches applied in memory whose writes are not yet answered
-
-    async def _take(self) -> list[Request]:
-        batch = [await self.queue.get()]
-        size = _size(batch[0])
-        # Up to max_batch events; a batch request is never split, so the last one taken
-        # may carry the transaction past max_batch by at most its own size.
-        while size < self.max_batch and not self.queue.empty():
-            request = self.queue.get_nowait()
-            batch.append(request)
-            size += _size(request)
-        self.queued -= size
-        return batch
-
     async def run(self) -> None:
-        batch: list[Request] = []
-        try:
-            while True:
-                batch = []
-                if self._inflight:
-                    write = self._inflight[0].write
-                    if write is None or write.done() or len(self._inflight) >= self.DEPTH:
-                        await self._finish_oldest()
-                        continue
-                    if self.queue.empty():
-                        # Whichever comes first: the oldest write ends, or new work arrives.
-                        self._arrived.clear()
-                        arrived = asyncio.ensure_future(self._arrived.wait())
-                        try:
-                            await asyncio.wait({write, arrived},
-                                               return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            arrived.cancel()
-                        continue
-                batch = await self._take()
-                if any(isinstance(r, OpRequest) for r in batch):
-                    while self._inflight:  # ops run inside the transaction: alone
-                        await self._finish_oldest()
-                try:
-                    await self._commit(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("writer: a batch of %d failed; nothing applied", len(batch))
-                    # Its effects on the in-memory state are undone by reloading; batches
-                    # before it are still written (and answered) first.
-                    while self._inflight:
-                        await self._finish_oldest()
-                    await self._reload()
-                    _fail(batch)
-        except asyncio.CancelledError:
-            for request in batch:
-                if not request.future.done():
-                    request.future.cancel()
-            for entry in self._inflight:
-                for request in entry.batch:
+        while True:
+            batch = [await self.queue.get()]
+            size = _size(batch[0])
+            # Up to max_batch events; a batch request is never split, so the last one taken
+            # may carry the transaction past max_batch by at most its own size.
+            while size < self.max_batch and not self.queue.empty():
+                request = self.queue.get_nowait()
+                batch.append(request)
+                size += _size(request)
+            self.queued -= size
+            try:
+                results = await self._commit(batch)
+            except asyncio.CancelledError:
+                for request in batch:
                     if not request.future.done():
                         request.future.cancel()
-            raise
-
-    async def _finish_oldest(self) -> None:
-        """Wait for the oldest batch's write; answer it, or on failure fail every batch in
-        flight and reload."""
-        entry = self._inflight[0]
-        try:
-            if entry.write is not None:
-                await entry.write
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("writer: a batch of %d failed; nothing applied", len(entry.batch))
-            failed = list(self._inflight)
-            self._inflight.clear()
-            self._inflight_seen.clear()
-            for other in failed[1:]:
-                if other.write is not None:
-                    try:
-                        await other.write  # refused by the gate, or cancelled
-                    except (Exception, asyncio.CancelledError):
-                        pass
-            for other in failed:
-                for nonce, _ in other.new_nonces:
-                    self.nonces.pop(nonce, None)
-            await self._reload()
-            for other in failed:
-                _fail(other.batch)
-            return
-        self._inflight.popleft()
-        for key, seen in entry.seen.items():
-            if self._inflight_seen.get(key) is seen:
-                del self._inflight_seen[key]
-        for request, result in zip(entry.batch, entry.results):
-            if not request.future.done():
-                request.future.set_result(result)
-        if self.on_commit is not None:
-            self.on_commit(entry.size)
+                raise
+            except Exception:
+                log.exception("writer: a batch of %d failed; nothing applied", len(batch))
+                await self._reload()
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(RuntimeError("storage failure"))
+                continue
+            for request, result in zip(batch, results):
+                if not request.future.done():
+                    request.future.set_result(result)  # type: ignore[arg-type]
+            if self.on_commit is not None:
+                self.on_commit(self.state.size)
 
     async def _reload(self) -> None:
-        await in_db_thread(self.db, _reset, self._gate)
+        try:
+            await self.db.execute("ROLLBACK")
+        except Exception:
+            pass
         fresh = await storage.load_state(self.db)
         self.state.__dict__.update(fresh.__dict__)
         await self.tree.load(self.state.size)
 
-    async def _commit(self, batch: list[Request]) -> None:
-        """Steps 1 and 2 for ``batch``, then start its write (step 3) and queue it in
-        ``_inflight``; ``_finish_oldest`` answers it once written."""
+    async def _commit(self, batch: list[Request]) -> list[Outcome | bool | list[Outcome]]:
         state = self.state
         now = max(self.clock_ms(), self.last_time)
         ids_set: set[str] = set()
@@ -418,15 +297,8 @@ class Writer:
                                if not isinstance(s.msg, Genesis))
         state.seen.clear()
         if ids_set:
-            ids = list(ids_set)
-            reader = self.read_db if self.read_db is not None else self.db
-            for row in await in_db_thread(reader, _select_seen, ids):
+            for row in await in_db_thread(self.db, _select_seen, list(ids_set)):
                 state.seen[row[0]] = Seen(bytes(row[1]), int(row[2]))
-            if self._inflight_seen:  # applied by batches still being written
-                for key in ids:
-                    seen = self._inflight_seen.get(key)
-                    if seen is not None:
-                        state.seen[key] = seen
 
         results: list[Outcome | bool | list[Outcome]] = []
         entries: list[tuple[int, bytes]] = []
@@ -486,11 +358,8 @@ class Writer:
                                          if k in state.holds)
             results.append(outcomes[0] if isinstance(request, EventRequest) else outcomes)
 
-        applied = {key: state.seen[key] for key, _, _ in event_rows}
         if not entries and not new_nonces and not ops:
-            # Nothing to write; answered in order, after the batches before it are written.
-            self._inflight.append(_InFlight(batch, results, None, state.size, {}, []))
-            return
+            return results
 
         db = self.db
         statements: list[tuple[str, Any]] = []
@@ -502,9 +371,6 @@ class Writer:
                 await self.tree.append([e for _, e in entries], entries[0][0])
             finally:
                 self.tree.db = db
-            # The tree, like the ledger state, now includes this batch: the next batch
-            # appends after it. A failed write reloads both from the database.
-            self.tree.committed()
             statements += recorder.statements
             # Events and postings go in key order (by id; by handle, then index): SQLite then
             # inserts into neighbouring B-tree pages one after the other, not all over its
@@ -556,28 +422,21 @@ class Writer:
             if self.commits % 256 == 0:
                 prune = True
                 statements.append(("DELETE FROM nonces WHERE expires < ?", (now // 1000,)))
-        self.last_time = now
-        self.commits += 1
+        try:
+            # One hop: BEGIN, every statement and (unless ops must run first) COMMIT.
+            await in_db_thread(db, _write, statements, not ops)
+            for op in ops:
+                await op.run(db)
+            if ops:
+                await in_db_thread(db, _commit_only)
+        except BaseException:
+            for nonce, _ in new_nonces:
+                self.nonces.pop(nonce, None)
+            raise
         if prune:
             cutoff = now // 1000
             self.nonces = {n: e for n, e in self.nonces.items() if e >= cutoff}
-        # One hop: BEGIN, every statement and (unless ops must run first) COMMIT.
-        write = asyncio.ensure_future(in_db_thread(db, _write, statements, not ops, self._gate))
-        if ops:  # alone (run() waited for every write in flight): the ops, then COMMIT
-            try:
-                await write
-                for op in ops:
-                    await op.run(db)
-                await in_db_thread(db, _commit_only, self._gate)
-            except BaseException:
-                for nonce, _ in new_nonces:
-                    self.nonces.pop(nonce, None)
-                raise
-        self._inflight_seen.update(applied)
-        self._inflight.append(_InFlight(batch, results, write, state.size, applied, new_nonces))
-
-
-def _fail(batch: list[Request]) -> None:
-    for request in batch:
-        if not request.future.done():
-            request.future.set_exception(RuntimeError("storage failure"))
+        self.last_time = now
+        self.commits += 1
+        self.tree.committed()
+        return results
