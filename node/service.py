@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -184,9 +185,27 @@ def verify_processes(workers: int) -> ProcessPoolExecutor:
         # forkserver: never fork this process (its threads hold locks); the server starts
         # once, and each worker forks from it.
         _PROCESSES = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("forkserver")
+            workers, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_leave_with, initargs=(os.getpid(),),
         )
     return _PROCESSES
+
+
+def _leave_with(pid: int) -> None:
+    """Worker initializer: exit once process ``pid`` (the node) is gone. A node that is
+    SIGKILLed cannot stop its pool, and a worker waiting for its next job never learns."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="leave-with-node", daemon=True).start()
 
 
 class Verifier:
