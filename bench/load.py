@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, thread_cpu_seconds
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -155,20 +155,34 @@ def node_cpu(spec: dict[str, Any]) -> float | None:
     return cpu_seconds(int(pid)) if pid else None
 
 
-def timed(spec: dict[str, Any]) -> dict[str, float | None]:
-    return {"t": time.perf_counter(), "node_cpu": node_cpu(spec), "client_cpu": client_cpu()}
+def node_threads(spec: dict[str, Any]) -> dict[str, float]:
+    pid = spec.get("node_pid")
+    try:
+        return thread_cpu_seconds(int(pid)) if pid else {}
+    except OSError:
+        return {}
 
 
-def since(start: dict[str, float | None], spec: dict[str, Any], end_t: float) -> dict[str, Any]:
+def timed(spec: dict[str, Any]) -> dict[str, Any]:
+    return {"t": time.perf_counter(), "node_cpu": node_cpu(spec), "client_cpu": client_cpu(),
+            "threads": node_threads(spec)}
+
+
+def since(start: dict[str, Any], spec: dict[str, Any], end_t: float) -> dict[str, Any]:
     n1 = node_cpu(spec)
     n0 = start["node_cpu"]
     c0 = start["client_cpu"]
     t0 = start["t"]
     assert t0 is not None and c0 is not None
+    threads = node_threads(spec)
     return {
         "elapsed": end_t - t0,
         "node_cpu_s": (n1 - n0) if n1 is not None and n0 is not None else None,
         "client_cpu_s": client_cpu() - c0,
+        # CPU seconds of the node's threads by name over the timed phase (the event loop's
+        # thread is named after the process).
+        "node_thread_cpu_s": {k: round(v - start["threads"].get(k, 0.0), 3)
+                              for k, v in threads.items()},
     }
 
 

@@ -27,13 +27,51 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys CPU time of a process (all its threads), from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
+def _stat(pid: int) -> list[bytes]:
+    return _stat_path(f"/proc/{pid}/stat")
+
+
+def _stat_path(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
         raw = f.read()
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # Fields after "(comm)": fields[0] is field 3 (state), [1] the parent's pid.
+    return raw[raw.rindex(b")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """user+sys CPU time of a process (all its threads) and of its live descendants (worker
+    processes a node may start), from /proc/<pid>/stat."""
+    fields = _stat(pid)
+    total = int(fields[11]) + int(fields[12])  # utime is field 14, stime field 15
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            f = _stat(int(entry))
+        except OSError:
+            continue  # gone meanwhile
+        children.setdefault(int(f[1]), []).append((int(entry), int(f[11]) + int(f[12])))
+    todo = [pid]
+    while todo:
+        for child, ticks in children.get(todo.pop(), []):
+            total += ticks
+            todo.append(child)
+    return total / CLK_TCK
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """user+sys CPU time of each thread of a process, from /proc/<pid>/task: "main" for the
+    main thread (the event loop), "t<tid>" for the others."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = _stat_path(f"/proc/{pid}/task/{tid}/stat")
+        except OSError:
+            continue
+        name = "main" if int(tid) == pid else f"t{tid}"
+        out[name] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def wait_idle(pids: list[int], busy: float = 0.05, window: float = 0.2,

@@ -206,6 +206,10 @@ MEMO_SPEC = {
 
 
 def parse_transfer_item(obj: Any, where: str) -> TransferItem:
+    if type(obj) is dict and len(obj) == 1 and "transfer" in obj:  # no memo: the usual case
+        signed = parse_signed(obj["transfer"], TRANSFER_TYPES, f"{where}.transfer")
+        assert isinstance(signed.msg, Transfer)
+        return TransferItem(signed, None)
     fields = check_fields(
         obj,
         {"transfer": lambda f, v: v, "memo": lambda f, v: v},
@@ -324,9 +328,9 @@ async def post_batch(request: web.Request) -> web.Response:
         except MessageError as exc:
             results[i] = {"result": exc.code.value, "detail": exc.message}
     if items:
-        keys = {item.signed.sigs[0].key.text for _, item in items}
+        keys = {item.signed.sigs[0].key for _, item in items}
         for key in keys:
-            limit_rate(request, key, cost=max(1.0, len(items) / len(keys) / 10))
+            limit_rate(request, key.text, cost=max(1.0, len(items) / len(keys) / 10))
         checks = await node.verify([item.signed for _, item in items])
         assert node.writer is not None
         outcomes = await node.writer.submit_batch(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -119,16 +120,20 @@ def check_signatures(items: list[Signed]) -> list[SigCheck]:
 
 # --- signature checks off the event loop ----------------------------------------------------
 
-Job = tuple[bytes, bytes]  # (signature ‖ signed bytes, public key): what crypto_sign_open takes
+Job = tuple[str, bytes, bytes]  # (signature as written, public key, the bytes it signs)
 
 
 def open_signed(jobs: list[Job]) -> list[bool]:
-    """Verify each job; runs in a worker. Nothing but the libsodium call per item (which
-    releases the GIL): the bytes were prepared by the caller."""
+    """Verify each job; runs in a worker (a thread or a process). Per item: decode the
+    signature, then one libsodium call, which releases the GIL."""
     out = []
-    for sm, pk in jobs:
+    for sig, pk, body in jobs:
+        raw = signature_bytes(sig)
+        if raw is None:
+            out.append(False)
+            continue
         try:
-            nacl.bindings.crypto_sign_open(sm, pk)
+            nacl.bindings.crypto_sign_open(raw + body, pk)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             out.append(False)
         else:
@@ -136,81 +141,115 @@ def open_signed(jobs: list[Job]) -> list[bool]:
     return out
 
 
-def _jobs(items: list[Signed]) -> tuple[list[Job], list[list[int]]]:
-    """The jobs for ``items``' signatures, and for each item the job number of each of its
-    signatures (-1: not a canonical signature encoding, so it does not verify)."""
-    jobs: list[Job] = []
-    where: list[list[int]] = []
-    for signed in items:
-        body = signed.signed_bytes
-        mine = []
-        for sig in signed.sigs:
-            raw = signature_bytes(sig.sig)
-            if raw is None:
-                mine.append(-1)
-            else:
-                mine.append(len(jobs))
-                jobs.append((raw + body, sig.key.raw))
-        where.append(mine)
-    return jobs, where
+def _jobs(items: list[Signed]) -> list[Job]:
+    """One job per signature, in order."""
+    return [(sig.sig, sig.key.raw, signed.signed_bytes) for signed in items for sig in signed.sigs]
 
 
-def _sigchecks(items: list[Signed], where: list[list[int]], good: list[bool]) -> list[SigCheck]:
+def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     """``Signed.verified_signers()`` of each item, from the jobs' answers."""
     out: list[SigCheck] = []
-    for signed, mine in zip(items, where):
+    # One answer per signer for single signatures: a batch's keys repeat (``_key`` interns
+    # them, so ``id`` tells them apart without hashing a dataclass per item).
+    signers: dict[int, SigCheck] = {}
+    bad: SigCheck = (frozenset(), False)
+    n = 0
+    for signed in items:
         sigs = signed.sigs
         if len(sigs) == 1:
-            n = mine[0]
-            ok = n >= 0 and good[n]
-            out.append((frozenset((sigs[0].key,)) if ok else frozenset(), ok))
+            ok = good[n]
+            n += 1
+            if not ok:
+                out.append(bad)
+                continue
+            key = sigs[0].key
+            check = signers.get(id(key))
+            if check is None:  # (every key stays alive in ``items``: ids do not repeat)
+                check = signers[id(key)] = (frozenset((key,)), True)
+            out.append(check)
             continue
-        keys = {s.key for s, n in zip(sigs, mine) if n >= 0 and good[n]}
+        keys = {s.key for s, ok in zip(sigs, good[n : n + len(sigs)]) if ok}
+        n += len(sigs)
         out.append((frozenset(keys), len(keys) == len({s.key for s in sigs})))
     return out
 
 
-class Verifier:
-    """Checks signatures in worker threads or processes, off the event loop.
+_PROCESSES: ProcessPoolExecutor | None = None
 
-    ``verify`` of many items (a batch request) splits them across the workers at once. Few
-    items (a single transfer, an act) wait in a queue that a worker takes whole when one is
-    free, so the transfers of concurrent requests are verified together in one job: one hop
-    per job, not per request. Workers get bytes and return booleans; the loop keeps the
-    ``Signed`` objects.
+
+def verify_processes(workers: int) -> ProcessPoolExecutor:
+    """The worker processes that verify batches: one pool per process (made on first use),
+    shared by every node it runs (``tally demo`` runs several)."""
+    global _PROCESSES
+    if _PROCESSES is None:
+        import multiprocessing
+
+        # forkserver: never fork this process (its threads hold locks); the server starts
+        # once, and each worker forks from it.
+        _PROCESSES = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_leave_with, initargs=(os.getpid(),),
+        )
+    return _PROCESSES
+
+
+def _leave_with(pid: int) -> None:
+    """Worker initializer: exit once process ``pid`` (the node) is gone. A node that is
+    SIGKILLed cannot stop its pool, and a worker waiting for its next job never learns."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process
+                os._exit(0)
+
+    threading.Thread(target=watch, name="leave-with-node", daemon=True).start()
+
+
+class Verifier:
+    """Checks signatures off the event loop.
+
+    A batch request's items (``SPLIT`` or more) are split across worker *processes*: threads
+    would each need the GIL back after every signature, and with the event loop busy (it
+    parses and applies other batches meanwhile) they wait for it most of the time; a
+    process takes bytes and returns booleans, one hand-over per chunk.
+
+    Few items (a single transfer, an act) wait in a queue that a worker thread takes whole
+    when one is free, so the transfers of concurrent requests are verified together in one
+    job: one hop per job, not per request.
     """
 
-    SPLIT = 64  # items from which one call is split across every worker at once
+    SPLIT = 64  # items from which one call is split across the worker processes
 
-    def __init__(self, workers: int, processes: bool = False) -> None:
+    def __init__(self, workers: int, processes: bool = True) -> None:
         self.workers = workers
-        self.pool: Executor
-        if processes:
-            import multiprocessing
-
-            self.pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("forkserver")
-            )
-        else:
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+        self.processes = processes
+        self.threads = ThreadPoolExecutor(workers, thread_name_prefix="verify")
         self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
         self.in_flight = 0
         self.scheduled = False
 
+    @property
+    def batch_pool(self) -> Executor:
+        return verify_processes(self.workers) if self.processes else self.threads
+
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
             return []
-        jobs, where = _jobs(items)
-        if not jobs:
-            return _sigchecks(items, where, [])
+        jobs = _jobs(items)
         loop = asyncio.get_running_loop()
         if len(jobs) >= self.SPLIT:
             size = -(-len(jobs) // self.workers)
+            pool = self.batch_pool
             parts = await asyncio.gather(*(
-                loop.run_in_executor(self.pool, open_signed, jobs[i : i + size])
+                loop.run_in_executor(pool, open_signed, jobs[i : i + size])
                 for i in range(0, len(jobs), size)
             ))
             good = [ok for part in parts for ok in part]
@@ -221,7 +260,7 @@ class Verifier:
                 self.scheduled = True
                 loop.call_soon(self._flush)
             good = await future
-        return _sigchecks(items, where, good)
+        return _sigchecks(items, good)
 
     def _flush(self) -> None:
         """Hand everything queued to a free worker as one job (after the loop's current
@@ -233,7 +272,7 @@ class Verifier:
         jobs = [job for part, _, _ in waiting for job in part]
         loop = asyncio.get_running_loop()
         try:
-            done = loop.run_in_executor(self.pool, open_signed, jobs)
+            done = loop.run_in_executor(self.threads, open_signed, jobs)
         except RuntimeError as exc:  # the pool was shut down: the node is stopping
             for _, _, future in waiting:
                 if not future.done():
@@ -280,10 +319,7 @@ class Node:
         self.reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.verifier = Verifier(
-            max(2, os.cpu_count() or 2),
-            processes=os.environ.get("TALLY_VERIFY_PROCESSES") == "1",
-        )
+        self.verifier = Verifier(max(2, os.cpu_count() or 2))
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None

@@ -8,6 +8,8 @@ proof or tile needs.
 
 from __future__ import annotations
 
+import hashlib
+
 import aiosqlite
 
 from crypto import merkle
@@ -33,18 +35,28 @@ class TreeAppender:
         if first_index != self.size:
             raise RuntimeError(f"tree has {self.size} leaves, asked to append at {first_index}")
         rows: list[tuple[int, bytes]] = []
-        edge = dict(self.edge)
-        for offset, entry in enumerate(entries):
-            n = first_index + offset
-            read = [edge[i] for i in merkle.append_indexes(n)]
-            new = merkle.append_hashes(n, merkle.leaf_hash(entry), read)
-            base = merkle.stored_hash_count(n)
-            for k, h in enumerate(new):
-                edge[base + k] = h
-                rows.append((base + k, h))
+        # The right edge as a stack, largest subtree first (``frontier_indexes`` order). Leaf
+        # n completes one subtree per trailing one bit of n, whose left siblings are the top
+        # of the stack (``append_indexes(n)``, smallest first); ``append_hashes``' hashes go
+        # at consecutive indexes from ``stored_hash_count(n)``. Computed inline: this runs for
+        # every entry, and the pure functions' argument checks cost more than the hashing.
+        stack = [(i, self.edge[i]) for i in merkle.frontier_indexes(first_index)]
+        sha256 = hashlib.sha256
+        n = first_index
+        for entry in entries:
+            index = 2 * n - n.bit_count()
+            h = sha256(b"\x00" + entry).digest()
+            rows.append((index, h))
+            m = n
+            while m & 1:
+                index += 1
+                h = sha256(b"\x01" + stack.pop()[1] + h).digest()
+                rows.append((index, h))
+                m >>= 1
+            stack.append((index, h))
+            n += 1
         await self.db.executemany("INSERT INTO tree_hashes (idx, hash) VALUES (?, ?)", rows)
-        end = first_index + len(entries)
-        self._pending = ({i: edge[i] for i in merkle.frontier_indexes(end)}, end)
+        self._pending = (dict(stack), n)
 
     def committed(self) -> None:
         if self._pending is not None:

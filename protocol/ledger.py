@@ -234,9 +234,18 @@ def _record(
     postings: tuple[tuple[str, int, str], ...] = (),
 ) -> Outcome:
     index = state.size
-    state.seen[msg_id] = Seen(d, index)
+    # Seen(d, index) and Outcome(ok, index, ...) as their __init__ would make them, without
+    # the frozen dataclasses' one object.__setattr__ per field: this runs for every event.
+    seen = object.__new__(Seen)
+    seen.__dict__.update(digest=d, index=index)
+    state.seen[msg_id] = seen
     state.size += 1
-    return Outcome(ResultCode.ok, index, key=msg_id, touched=touched, postings=postings)
+    outcome = object.__new__(Outcome)
+    outcome.__dict__.update(
+        code=ResultCode.ok, index=index, detail="", key=msg_id, touched=touched,
+        postings=postings,
+    )
+    return outcome
 
 
 def apply_transfer(

@@ -451,8 +451,13 @@ def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
         f'{{"amount":{amount},"id":"{id_}","ledger":"{ledger}","memo_hash":{memo_json},'
         f'"payee":"{payee}","payer":"{payer}","type":"transfer","valid_until":{valid_until}}}'
     ).encode("ascii")
-    t = Transfer(ledger, id_, payer, payee, amount, memo, valid_until)
-    # Cached on the message: parse_signed hands it to Signed.signed_bytes.
+    # As Transfer(...) makes it, without the frozen dataclass's __init__ (one
+    # object.__setattr__ per field): every field is given.
+    t = object.__new__(Transfer)
+    t.__dict__.update(
+        ledger=ledger, id=id_, payer=payer, payee=payee, amount=amount, memo_hash=memo,
+        valid_until=valid_until, type="transfer",
+    )
     return t, data
 
 
@@ -621,19 +626,21 @@ class LogEntry:
         return {"type": self.type, "node_time": self.node_time, "payload": self.payload.to_json()}
 
     def encode(self) -> bytes:
-        # The payload's canonical bytes are computed once (the digest needs them too) and
-        # spliced in: keys sort as "node_time" < "payload" < "type".
-        kind = self.type
-        kind_json = _TYPE_JSON.get(kind)
-        if kind_json is None:
-            kind_json = _TYPE_JSON[kind] = canonical_json(kind)
-        return (
-            b'{"node_time":' + str(self.node_time).encode() + b',"payload":'
-            + self.payload.canonical + b',"type":' + kind_json + b"}"
-        )
+        return encode_entry(self.node_time, self.payload)
 
 
 _TYPE_JSON: dict[str, bytes] = {}  # the JSON string of each message type, written once
+
+
+def encode_entry(node_time: int, payload: Signed) -> bytes:
+    """``LogEntry(node_time, payload).encode()``: its RFC 8785 bytes. The payload's canonical
+    bytes are computed once (the digest needs them too) and spliced in: keys sort as
+    "node_time" < "payload" < "type"."""
+    kind = payload.msg.type
+    kind_json = _TYPE_JSON.get(kind)
+    if kind_json is None:
+        kind_json = _TYPE_JSON[kind] = canonical_json(kind)
+    return b'{"node_time":%d,"payload":%s,"type":%s}' % (node_time, payload.canonical, kind_json)
 
 
 def parse_log_entry(obj: Any) -> LogEntry:
