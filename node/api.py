@@ -68,10 +68,17 @@ async def read_body(request: web.Request, cap: int) -> bytes:
     if request.content_length is not None and request.content_length > cap:
         raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
     data = bytearray()
-    while chunk := await request.content.read(65536):
-        data += chunk
-        if len(data) > cap:
-            raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+    try:
+        while chunk := await request.content.read(65536):
+            data += chunk
+            if len(data) > cap:
+                raise Problem(ResultCode.body_too_large,
+                              f"the body may be at most {cap} bytes here")
+    except ConnectionResetError as exc:
+        # The client hung up mid-body: a refusal like any other body that is not JSON, not
+        # an internal error (nobody is left to read the answer; nothing was applied).
+        raise Problem(ResultCode.invalid_json,
+                      "the connection closed before the whole body arrived") from exc
     request[BODY] = bytes(data)
     return request[BODY]
 

@@ -800,3 +800,40 @@ async def test_a_source_stopped_before_holding_resumes_the_payment_on_both_books
                                 "pending_credit": 0}
     assert (a.account(linked.peer_at_a)["balance"], b.account(linked.peer_at_b)["balance"]) \
         == ((67, -100) if paid else (0, 0))
+
+
+async def test_a_peer_that_takes_and_never_pays_costs_at_most_the_line_granted(
+    hostile: Hostile,
+) -> None:
+    """A's node turns hostile: it sends PREPARE after PREPARE to pay bob, takes every
+    fulfilment, and never decides or settles anything. However it goes on, what B's members
+    were credited on A's account, held or posted (B's loss should A never pay) stays within
+    the line B granted A; past it B refuses, with a signed REJECT or a 4xx, then and
+    later."""
+    b = hostile.pair.b
+    peer = peer_handle(hostile.pair.a.node_key.public)
+
+    def exposure() -> int:  # what A owes B or may come to owe it, in B's cents
+        account = b.account(peer)
+        return -account["balance"] + account["pending_debit"]
+
+    refusals = []
+    for _ in range(8):  # 8 × 150 cents: twice what B lets A owe
+        order = hostile.order(150)
+        status, doc = await hostile.send_prepare(hostile.prepare(order, await hostile.quote(order)))
+        if status == 200 and "fulfil" in doc:
+            answer(doc, b)
+        else:
+            refusals.append(doc.get("code") if status != 200 else answer(doc, b).msg.code)  # type: ignore[union-attr]
+        assert exposure() <= B_LIMIT, b.account(peer)
+    assert refusals and set(refusals) <= set(LINE_FULL), refusals
+    assert b.account("bob")["balance"] + b.account("bob")["pending_credit"] <= B_LIMIT
+
+    # Past every expiry, A still deciding nothing: B's fulfilled holds stay in force (only
+    # the upstream decides), so the line stays full and the loss cannot grow.
+    await asyncio.sleep(2.5)
+    order = hostile.order(150)
+    status, doc = await hostile.send_prepare(hostile.prepare(order, await hostile.quote(order)))
+    code = doc.get("code") if status != 200 else answer(doc, b).msg.code  # type: ignore[union-attr]
+    assert code in LINE_FULL, doc
+    assert exposure() <= B_LIMIT

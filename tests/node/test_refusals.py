@@ -7,18 +7,26 @@ database is the same after the refusal as before it.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from crypto.keys import SecretKey
+from node import server as node_server
+from node.api import make_app
 from node.client import new_id, now_ms, transfer_body
+from node.config import Config
+from node.service import Node, init_data_dir
 from protocol.messages import Admit, parse_signed, sign_message
 from tests.node.conftest import Collective
 
@@ -424,3 +432,43 @@ async def test_identical_retry_answers_exists_with_the_original_index(coop: Coll
 async def _accounts(coop: Collective) -> list[dict[str, Any]]:
     async with coop.as_member(coop.steward) as steward:
         return await steward.accounts()
+
+
+async def test_a_client_hanging_up_mid_body_is_refused_not_an_internal_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection cut halfway through a body (found by the fault harness: a peer's
+    PREPARE cut by the network) is a 400 ``invalid_json`` nobody reads, and nothing is
+    logged as an internal error."""
+    data = tmp_path / "node"
+    await init_data_dir(data)
+    answered: asyncio.Queue[tuple[str, int, str]] = asyncio.Queue()
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)  # the answer the node gives, delivered or not
+        assert isinstance(response, web.Response) and response.body is not None
+        code = json.loads(bytes(response.body)).get("code", "")  # type: ignore[arg-type]
+        answered.put_nowait((request.path, response.status, code))
+        return response
+
+    def recording_app(node: Node) -> web.Application:
+        app = make_app(node)
+        app.middlewares.insert(0, record)
+        return app
+
+    monkeypatch.setattr(node_server, "make_app", recording_app)
+    served = await node_server.serve(Node(data, Config()), "127.0.0.1", 0)
+    try:
+        host, port = served.url.removeprefix("http://").rsplit(":", 1)
+        _, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/transfers HTTP/1.1\r\nHost: tally\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+                     b'{"transfer": {"msg": ')
+        await writer.drain()
+        writer.transport.abort()
+        path, status, code = await asyncio.wait_for(answered.get(), timeout=30)
+        assert (path, status, code) == ("/v1/transfers", 400, "invalid_json")
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        await served.close()
