@@ -808,6 +808,9 @@ class Federation:
         is told, or the upstream node gets our REJECT."""
         record.payment = replace(record.payment, outbound=sm.Out.voided, hold="voided",
                                  decision_acked=True)
+        if code == ResultCode.hold_resolved.value:
+            # The upstream voided what we hold before we could forward it: its clock ran out.
+            code, detail = "expired", "the upstream voided it before it could be forwarded"
         record.result = {"result": code, "detail": detail}
         if record.payment.role == sm.Role.intermediary:
             await self._reject_upstream(record, code, detail)
@@ -883,7 +886,8 @@ class Federation:
                 message = signed.msg.message if signed is not None and isinstance(
                     signed.msg, Reject) else reason
                 code = event.code if event.code in ResultCode.__members__ else "rejected"
-                detail = f"refused by the payee's collective: {message}" if signed else message
+                detail = (f"refused by the payee's collective{' or one on the way' if p.path else ''}"
+                          f": {message}") if signed else message
             elif record.last_refusal is not None:
                 code, detail = record.last_refusal
             else:
