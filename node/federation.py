@@ -1081,14 +1081,10 @@ class Federation:
         p = signed.msg
         assert isinstance(p, Prepare)
         async with self._order_lock(p.id):  # one setup per attempt, however often it comes
-            record = self.payments.get(p.id) or await self._load_record(p.id)
-            if record is not None:
-                if record.prepare.msg != p:
-                    raise FederationError(ResultCode.exists_with_different_fields,
-                                          "a different PREPARE already used this attempt id")
-                if record.answer is not None:
-                    return record.answer  # idempotent: the same answer again
-            else:
+            record = await self._record_of(p)
+            if record is not None and record.answer is not None:
+                return record.answer  # idempotent: the same answer again
+            if record is None:
                 try:
                     line_down = self._next_hop(p.path)
                     out_expiry = p.expires_at - self.cfg.margin_ms
@@ -1145,13 +1141,9 @@ class Federation:
     async def _receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed:
         p = signed.msg
         assert isinstance(p, Prepare)
-        record = self.payments.get(p.id) or await self._load_record(p.id)
-        if record is not None:
-            if record.prepare.msg != p:
-                raise FederationError(ResultCode.exists_with_different_fields,
-                                      "a different PREPARE already used this attempt id")
-            if record.answer is not None:
-                return record.answer  # idempotent: the same answer again
+        record = await self._record_of(p)
+        if record is not None and record.answer is not None:
+            return record.answer  # idempotent: the same answer again
         db = self.node.reader
         assert db is not None
         async with db.execute("SELECT fulfilment, order_id FROM quotes WHERE id = ?",
@@ -1274,6 +1266,14 @@ class Federation:
         record.payment = new
         await self._store(record)
         return {"id": d.id, "ack": d.outcome}
+
+    async def _record_of(self, p: Prepare) -> PaymentRecord | None:
+        """What we keep of this PREPARE's attempt, if it came before (the same PREPARE)."""
+        record = self.payments.get(p.id) or await self._load_record(p.id)
+        if record is not None and record.prepare.msg != p:
+            raise FederationError(ResultCode.exists_with_different_fields,
+                                  "a different PREPARE already used this attempt id")
+        return record
 
     async def _load_record(self, attempt_id: str) -> PaymentRecord | None:
         db = self.node.reader

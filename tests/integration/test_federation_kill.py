@@ -205,13 +205,15 @@ def _order(books: Books, order_ids: dict[Any, str], side: str, payer: str, payee
     return order
 
 
-async def resolve(c: dict[str, Collective], books: Books) -> None:
-    """Ask the payer's node what became of each order whose answer was lost."""
+async def resolve(c: dict[str, Collective], books: Books,
+                  orders: dict[str, Any] | None = None) -> None:
+    """Ask the payer's node what became of each order whose answer was lost (``orders``:
+    where each order's side, payer and payee are, if not in ``books``)."""
     clients: dict[tuple[str, str], TallyClient] = {}
     deadline = time.monotonic() + SETTLE_S
     try:
         for order_id in sorted(books.unknown):
-            order = books.orders[order_id]
+            order = (orders if orders is not None else books.orders)[order_id]
             key = (order.side, order.payer)
             if key not in clients:
                 clients[key] = TallyClient(c[order.side].url, c[order.side].keys[order.payer],

@@ -57,6 +57,7 @@ from tests.integration.test_federation_kill import (
     Collective,
     Ledger,
     read_ledger,
+    resolve,
     wait_settled,
 )
 
@@ -199,39 +200,6 @@ def _order(books: Books, orders: dict[str, Order], order_ids: dict[Any, str], si
     books.told(order)
     orders[order] = Order(order, side, to, payer, payee, amount)
     return order
-
-
-async def resolve(c: dict[str, Collective], books: Books, orders: dict[str, Order]) -> None:
-    """Ask the payer's node what became of each order whose answer was lost."""
-    clients: dict[tuple[str, str], TallyClient] = {}
-    deadline = time.monotonic() + SETTLE_S
-    try:
-        for order_id in sorted(books.unknown):
-            order = orders[order_id]
-            key = (order.side, order.payer)
-            if key not in clients:
-                clients[key] = TallyClient(c[order.side].url, c[order.side].keys[order.payer],
-                                           retries=2, timeout=20)
-            while True:
-                try:
-                    doc = await clients[key].payment(order_id)
-                except TallyError as exc:
-                    assert exc.code == "not_found", exc
-                    books.resolved[order_id] = "not_found"  # it never started
-                    break
-                (attempt,) = [x for x in doc["attempts"] if x["role"] == "source"]
-                assert attempt["payer"] == order.payer and attempt["payee"] == order.payee
-                if attempt["result"] is not None and attempt["outbound"] in ("posted", "voided"):
-                    books.resolved[order_id] = attempt["result"]["result"]
-                    if attempt["result"]["result"] == "ok":
-                        assert attempt["outbound"] == attempt["hold"] == "posted"
-                        books.done[order_id] = {"attempt": attempt["attempt"]}
-                    break
-                assert time.monotonic() < deadline, f"order {order_id} never settled: {doc}"
-                await asyncio.sleep(0.2)
-    finally:
-        for client in clients.values():
-            await client.close()
 
 
 def node_log(proc: NodeProcess) -> str:
