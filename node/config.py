@@ -55,8 +55,10 @@ class ApiSettings:
     # else 408 request_timeout and the connection is closed (slow bodies hold a handler).
     body_timeout_seconds: int = 10
     # Most connections open at once from one client address; past it a new connection is
-    # closed at once, unread. 0: no cap (behind a reverse proxy every client is the proxy).
-    max_connections_per_client: int = 64
+    # closed at once, unread. Above aiohttp's default client pool (100), so one node's
+    # TallyClient to another never meets it. 0: no cap (behind a reverse proxy, every
+    # client is the proxy).
+    max_connections_per_client: int = 128
 
 
 @dataclass(frozen=True)

@@ -210,3 +210,58 @@ async def test_a_client_that_sends_its_body_slowly_gets_408_and_is_cut_off(
 async def _post_once(url: str, body: object) -> Answer:
     async with aiohttp.ClientSession() as session:
         return await _post(session, url, body)
+
+
+async def _get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      close: bool = False) -> bytes:
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: tally\r\n"
+                 + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+    await writer.drain()
+    if close:
+        return await _read_until_closed(reader)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    return head + await asyncio.wait_for(reader.readexactly(length), timeout=30)
+
+
+async def test_connections_past_the_cap_from_one_address_are_closed_at_once(
+        tmp_path: Path) -> None:
+    cap = 3
+    data = tmp_path / "node"
+    await init_data_dir(data)
+    node = Node(data, Config(api=ApiSettings(max_connections_per_client=cap)))
+    served = await serve(node, "127.0.0.1", 0)
+    held = []
+    try:
+        for _ in range(cap):
+            held.append(await _raw(served.url))
+        # Every connection within the cap is served (so all three are open at the node).
+        for reader, writer in held:
+            assert (await _get_health(reader, writer)).startswith(b"HTTP/1.1 200 ")
+
+        # One more from the same address: closed before anything is read, never answered.
+        reader, writer = await _raw(served.url)
+        with contextlib.suppress(OSError):
+            writer.write(b"GET /v1/health HTTP/1.1\r\nHost: tally\r\n\r\n")
+            await writer.drain()
+        assert await _read_until_closed(reader) == b""
+        writer.close()
+        assert served.cap.refused >= 1
+        assert served.cap.open == {"127.0.0.1": cap}
+
+        # The client's other connections go on as before.
+        for reader, writer in held:
+            assert (await _get_health(reader, writer)).startswith(b"HTTP/1.1 200 ")
+
+        # Once one of them is closed, a new connection is admitted again.
+        reader, writer = held.pop()
+        answer = await _get_health(reader, writer, close=True)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        held.append(await _raw(served.url))
+        assert (await _get_health(*held[-1])).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for _, writer in held:
+            writer.close()
+        await served.close()
