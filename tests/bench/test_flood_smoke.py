@@ -8,6 +8,7 @@ timing or throughput is asserted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,4 +45,5 @@ def test_flood_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     printed = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
     assert printed == list(figures)
     # Every figure is a number (a phase that measured nothing would be NaN or missing).
-    assert all(isinstance(f["value"], (int, float)) for f in figures.values())
+    assert all(isinstance(f["value"], (int, float)) and math.isfinite(f["value"])
+               for f in figures.values()), figures
