@@ -13,6 +13,7 @@ Signed requests (HTTP message signature by a member's or steward's key): every o
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,18 +63,31 @@ BODY = web.RequestKey("body", bytes)
 
 
 async def read_body(request: web.Request, cap: int) -> bytes:
-    """The request body, at most ``cap`` bytes; read once and kept on the request."""
+    """The request body, at most ``cap`` bytes; read once and kept on the request.
+
+    The whole body must arrive within ``[api] body_timeout_seconds`` of starting to read it:
+    a client sending it a byte at a time gets 408 ``request_timeout`` and its connection is
+    closed, rather than holding a handler for as long as it likes."""
     if BODY in request:
         return request[BODY]
     if request.content_length is not None and request.content_length > cap:
         raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+    seconds = request.app[NODE].config.api.body_timeout_seconds
     data = bytearray()
     try:
-        while chunk := await request.content.read(65536):
-            data += chunk
-            if len(data) > cap:
-                raise Problem(ResultCode.body_too_large,
-                              f"the body may be at most {cap} bytes here")
+        async with asyncio.timeout(seconds):
+            while chunk := await request.content.read(65536):
+                data += chunk
+                if len(data) > cap:
+                    raise Problem(ResultCode.body_too_large,
+                                  f"the body may be at most {cap} bytes here")
+    except TimeoutError:
+        raise Problem(
+            ResultCode.request_timeout,
+            f"the request body did not arrive within {seconds}s; nothing was applied. "
+            "Check the connection and retry.",
+            close=True,
+        ) from None
     except ConnectionResetError as exc:
         # The client hung up mid-body: a refusal like any other body that is not JSON, not
         # an internal error (nobody is left to read the answer; nothing was applied).

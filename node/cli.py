@@ -49,6 +49,8 @@ HINTS = {
     "expired": "The signed request expired before it reached the node; retry.",
     "unreachable": "Is the node running? Start one with `tally node run`, or pass --node URL.",
     "rate_limited": "Slow down and retry in a moment.",
+    "request_timeout": "The request's body did not reach the node in time; check the "
+    "connection and retry.",
     "line_suspended": "The credit line is suspended: no new payments until both collectives' "
     "stewards resume it (`tally peer change LINE --resume`).",
     "exceeds_line_balance": "Settle at most what is owed on the line now: `tally peer list`.",

@@ -51,6 +51,14 @@ class ApiSettings:
     # A connection that has not sent a whole request's headers this long after connecting,
     # or after its last answer, is closed (slow clients holding connections open).
     idle_timeout_seconds: int = 15
+    # A request's whole body must arrive within this long of the node starting to read it,
+    # else 408 request_timeout and the connection is closed (slow bodies hold a handler).
+    body_timeout_seconds: int = 10
+    # Most connections open at once from one client address; past it a new connection is
+    # closed at once, unread. Above aiohttp's default client pool (100), so one node's
+    # TallyClient to another never meets it. 0: no cap (behind a reverse proxy, every
+    # client is the proxy).
+    max_connections_per_client: int = 128
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,10 @@ class Config:
             raise ConfigError("[ledger] default limits must be zero or more")
         if self.api.idle_timeout_seconds < 1:
             raise ConfigError("[api] idle_timeout_seconds must be at least 1")
+        if self.api.body_timeout_seconds < 1:
+            raise ConfigError("[api] body_timeout_seconds must be at least 1")
+        if self.api.max_connections_per_client < 0:
+            raise ConfigError("[api] max_connections_per_client must be 0 (no cap) or more")
         if self.api.rate_per_key_per_second <= 0 or self.federation.peer_rate_per_second <= 0:
             raise ConfigError("rate limits ([api] rate_per_key_per_second, [federation] "
                               "peer_rate_per_second) must be more than zero")

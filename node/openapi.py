@@ -329,9 +329,21 @@ READ_PROBLEMS = _problems(400, 401, 403, 404, 429, 503)
 PATH_HANDLE = {"name": "handle", "in": "path", "required": True, "schema": HANDLE}
 
 
+def _with_body_timeouts(doc: dict[str, Any]) -> dict[str, Any]:
+    """408 ``request_timeout`` wherever the node reads a request body: operations that take
+    one, and signed or possibly signed ones (a signature covers the body's digest)."""
+    for item in doc["paths"].values():
+        for op in item.values():
+            responses = op["responses"]
+            if "requestBody" in op or "security" in op or "401" in responses:
+                responses.update(_problems(408))
+                op["responses"] = dict(sorted(responses.items()))
+    return doc
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    return {
+    return _with_body_timeouts({
         "openapi": "3.1.0",
         "info": {
             "title": "Tally node API",
@@ -664,4 +676,4 @@ def openapi_document() -> dict[str, Any]:
                         "responses": {"200": _json("Receipt", "the receipt"), **READ_PROBLEMS}}
             },
         },
-    }
+    })

@@ -11,6 +11,7 @@ Exception tree::
     crypto.canonical.CanonicalError   bad JSON          -> 400 via its .code
     protocol.messages.MessageError    bad message shape -> 400 via its .code
     crypto.httpsig.SignedRequestError bad signed read   -> 401 via its .code
+    Problem(close=True)          answered, then the connection is closed unread (408)
     aiohttp HTTPException             routing / size    -> its own status, as a problem
     anything else                     a fault in the node -> 500 internal_error, logged
 """
@@ -61,6 +62,7 @@ STATUS: dict[ResultCode, int] = {
     ResultCode.old_size_mismatch: 409,
     ResultCode.method_not_allowed: 405,
     ResultCode.rate_limited: 429,
+    ResultCode.request_timeout: 408,
     ResultCode.overloaded: 503,
     ResultCode.internal_error: 500,
 }
@@ -91,6 +93,7 @@ class Problem(Exception):
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
         status: int | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status if status is not None else status_for(code)
@@ -99,6 +102,9 @@ class Problem(Exception):
         self.field = field
         self.headers = headers or {}
         self.extra = extra or {}
+        # Close the connection once answered: the rest of the request is still on its way
+        # and will not be read (a body that took too long).
+        self.close = close
 
     def body(self, instance: str) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -160,6 +166,16 @@ _HTTP_CODES = {
 }
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response``, then close the connection without reading what the client is still
+    sending (aiohttp would otherwise drain an unread body for up to 10 s)."""
+    response.force_close()  # Connection: close
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the answer is flushed before the socket is closed
+    return response
+
+
 @web.middleware
 async def problem_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -180,4 +196,7 @@ async def problem_middleware(
                 "the node failed to handle this request; nothing was applied. "
                 "Retry, and tell the operator if it persists.",
             )
-        return problem_response(problem, request.path)
+        response = problem_response(problem, request.path)
+        if problem.close:
+            return await _answer_and_close(request, response)
+        return response

@@ -7,8 +7,10 @@ Layer: node. Used by ``tally node run`` (one node, until SIGINT/SIGTERM) and ``t
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +20,15 @@ from node.api import make_app
 from node.config import Config
 from node.service import Node
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Served:
     node: Node
     runner: web.AppRunner
     url: str
+    cap: ConnectionCap
 
     async def close(self) -> None:
         await self.runner.cleanup()
@@ -37,7 +42,8 @@ def connection_limits(config: Config) -> dict[str, Any]:
     runs from the moment a connection opens, so a client that trickles its headers byte by
     byte (slowloris) is cut off at the same bound. Request lines and header fields are
     capped at 8 KiB and 128 headers (aiohttp's parser limits, named here so they are
-    visible); bodies are capped per route by ``node.api.read_body``.
+    visible); bodies are capped per route, and must arrive within ``body_timeout_seconds``,
+    by ``node.api.read_body``. Connections per client address are capped by ``ConnectionCap``.
     """
     return {
         "keepalive_timeout": float(config.api.idle_timeout_seconds),
@@ -45,6 +51,107 @@ def connection_limits(config: Config) -> dict[str, Any]:
         "max_field_size": 8190,
         "max_headers": 128,
     }
+
+
+class ConnectionCap:
+    """At most ``limit`` connections open at once from one client address (0: no cap).
+
+    A connection past the cap is closed as soon as it opens, before anything is read or
+    parsed: answering it (a 429) would mean reading its request, the very work the cap
+    spares. The client's other connections are untouched. Counts are kept only for
+    addresses with a connection open, so memory is bounded by the connections themselves.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[str, int] = {}
+        self.refused = 0  # connections closed at once since start
+        self._warned: set[str] = set()  # addresses at the cap, already logged
+
+    def admit(self, address: str) -> bool:
+        count = self.open.get(address, 0)
+        if self.limit and count >= self.limit:
+            self.refused += 1
+            if address not in self._warned:
+                self._warned.add(address)
+                log.warning("%s holds %d connections, the most allowed ([api] "
+                            "max_connections_per_client); closing its new ones", address, count)
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self.open.pop(address) - 1
+        if count:
+            self.open[address] = count
+        if count < self.limit:
+            self._warned.discard(address)
+
+    def protocol_factory(
+        self, make: Callable[[], asyncio.Protocol]
+    ) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Counted(self, make)
+
+
+class _Counted(asyncio.Protocol):
+    """Admits a connection through the cap, then hands every event to aiohttp's protocol."""
+
+    def __init__(self, cap: ConnectionCap, make: Callable[[], asyncio.Protocol]) -> None:
+        self.cap = cap
+        self.make = make
+        self.inner: asyncio.Protocol | None = None
+        self.address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if not self.cap.admit(address):
+            transport.abort()
+            return
+        self.address = address
+        self.inner = self.make()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is not None:
+            self.cap.release(self.address)
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+class _CappedSite(web.BaseSite):
+    """aiohttp's SockSite, with each connection admitted through a ``ConnectionCap``."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, cap: ConnectionCap) -> None:
+        super().__init__(runner)
+        self._sock = sock
+        self.cap = cap
+
+    @property
+    def name(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self.cap.protocol_factory(server), sock=self._sock)
 
 
 async def serve(node: Node, host: str, port: int) -> Served:
@@ -64,15 +171,16 @@ async def serve(node: Node, host: str, port: int) -> Served:
         node.public_url = url
     runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False,
                            **connection_limits(node.config))
+    cap = ConnectionCap(node.config.api.max_connections_per_client)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        site = _CappedSite(runner, sock, cap)
         await site.start()
     except BaseException:
         await runner.cleanup()
         sock.close()
         raise
-    return Served(node, runner, url)
+    return Served(node, runner, url, cap)
 
 
 async def wait_for_stop_signal() -> None:

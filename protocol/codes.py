@@ -101,6 +101,7 @@ class ResultCode(str, Enum):
     not_found = "not_found"  # no such resource
     method_not_allowed = "method_not_allowed"  # the resource exists but not with this method
     rate_limited = "rate_limited"  # too many requests from this key; retry after a while
+    request_timeout = "request_timeout"  # the body did not arrive in time; nothing was read
     overloaded = "overloaded"  # the node's queue is full; retry after a while
     internal_error = "internal_error"  # a fault in the node; nothing was applied
 

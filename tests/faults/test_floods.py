@@ -141,3 +141,127 @@ async def test_a_client_that_never_finishes_its_headers_is_cut_off(tmp_path: Pat
                 assert json.loads(await resp.text())["status"] == "ok"
     finally:
         await served.close()
+
+
+async def _raw(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the node sends until it closes the connection (generous bound: 30 s)."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=30)
+    except ConnectionResetError:
+        return b""
+
+
+async def test_a_client_that_sends_its_body_slowly_gets_408_and_is_cut_off(
+        tmp_path: Path) -> None:
+    server, coop = await start_collective(tmp_path, Config(api=ApiSettings(
+        body_timeout_seconds=1)))
+    try:
+        size_before = coop.node.ledger.size
+        body = json.dumps(transfer_body(coop.alice, coop.node.ledger.ledger_id, "alice", "bob",
+                                        10)).encode()
+        reader, writer = await _raw(coop.url)
+        writer.write(b"POST /v1/transfers HTTP/1.1\r\nHost: tally\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:1])
+
+        async def trickle() -> None:
+            # The rest of a valid transfer, one byte at a time: it would never finish in time.
+            with contextlib.suppress(OSError):
+                for byte in body[1:-1]:
+                    await asyncio.sleep(0.2)
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            answer = await _read_until_closed(reader)
+            # The node closed the connection while the client was still sending.
+            assert not dripping.done()
+        finally:
+            dripping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dripping
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert b"application/problem+json" in head.lower()
+        assert b"connection: close" in head.lower()
+        problem = json.loads(payload)
+        assert problem["code"] == "request_timeout" and problem["status"] == 408
+        # Nothing was applied, and the node goes on answering others.
+        assert coop.node.ledger.size == size_before
+        assert coop.node.ledger.accounts["bob"].balance == 0
+        status, receipt, _ = await _post_once(coop.url + "/v1/transfers", transfer_body(
+            coop.alice, coop.node.ledger.ledger_id, "alice", "bob", 7))
+        assert status == 201, receipt
+    finally:
+        await coop.client.close()
+        await server.close()
+
+
+async def _post_once(url: str, body: object) -> Answer:
+    async with aiohttp.ClientSession() as session:
+        return await _post(session, url, body)
+
+
+async def _get_health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      close: bool = False) -> bytes:
+    writer.write(b"GET /v1/health HTTP/1.1\r\nHost: tally\r\n"
+                 + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+    await writer.drain()
+    if close:
+        return await _read_until_closed(reader)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    return head + await asyncio.wait_for(reader.readexactly(length), timeout=30)
+
+
+async def test_connections_past_the_cap_from_one_address_are_closed_at_once(
+        tmp_path: Path) -> None:
+    cap = 3
+    data = tmp_path / "node"
+    await init_data_dir(data)
+    node = Node(data, Config(api=ApiSettings(max_connections_per_client=cap)))
+    served = await serve(node, "127.0.0.1", 0)
+    held = []
+    try:
+        for _ in range(cap):
+            held.append(await _raw(served.url))
+        # Every connection within the cap is served (so all three are open at the node).
+        for reader, writer in held:
+            assert (await _get_health(reader, writer)).startswith(b"HTTP/1.1 200 ")
+
+        # One more from the same address: closed before anything is read, never answered.
+        reader, writer = await _raw(served.url)
+        with contextlib.suppress(OSError):
+            writer.write(b"GET /v1/health HTTP/1.1\r\nHost: tally\r\n\r\n")
+            await writer.drain()
+        assert await _read_until_closed(reader) == b""
+        writer.close()
+        assert served.cap.refused >= 1
+        assert served.cap.open == {"127.0.0.1": cap}
+
+        # The client's other connections go on as before.
+        for reader, writer in held:
+            assert (await _get_health(reader, writer)).startswith(b"HTTP/1.1 200 ")
+
+        # Once one of them is closed, a new connection is admitted again.
+        reader, writer = held.pop()
+        answer = await _get_health(reader, writer, close=True)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        held.append(await _raw(served.url))
+        assert (await _get_health(*held[-1])).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for _, writer in held:
+            writer.close()
+        await served.close()
