@@ -5,8 +5,9 @@ Layer: node. The merge, the digests and the choice of peers are ``protocol.gossi
 module only does the I/O around them (DESIGN.md §Gossip).
 
 Each round (every ``period_ms`` ± ``jitter_ms``) the node refreshes its own record and
-checkpoint in the state, picks ``fanout`` fresh peers (topping up from ``bootstrap`` while
-it knows too few), and runs one exchange with each at once, each bounded by ``timeout_ms``:
+checkpoint in the state, picks ``fanout`` fresh peers (topping up from ``bootstrap`` and
+the collectives it has credit lines with while it knows too few), and runs one exchange
+with each at once, each bounded by ``timeout_ms``:
 
     POST /v1/gossip/exchange  {digest}   ->  {update, want}
     POST /v1/gossip/push      {update}   ->  {merged, refused}
@@ -203,7 +204,12 @@ class Gossip:
             (r.urls[0], r.key) for r in self.state.choose_peers(self.cfg.fanout, now, self.rng)]
         if len(targets) < self.cfg.fanout:
             known = {url for url, _ in targets} | {self.node.public_url}
-            spare = [u for u in self.cfg.bootstrap if u not in known]
+            # The configured bootstrap nodes, and the collectives we have credit lines with:
+            # a node with a line needs no bootstrap setting to be found and to find others.
+            fed = self.node.federation
+            line_peers = list(fed.peer_urls.values()) if fed is not None else []
+            spare = [u for u in dict.fromkeys([*self.cfg.bootstrap, *line_peers])
+                     if u not in known]
             self.rng.shuffle(spare)
             targets += [(u, None) for u in spare[: self.cfg.fanout - len(targets)]]
         if targets:
