@@ -575,9 +575,9 @@ def _fast_signed(obj: Any, allowed: frozenset[str] | None) -> Signed | None:
 
 
 def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "body") -> Signed:
-    fast = _fast_signed(obj, allowed)
-    if fast is not None:
-        return fast
+    quick = _fast_signed(obj, allowed)
+    if quick is not None:
+        return quick
     fields = check_fields(obj, {"msg": lambda f, v: v, "sigs": lambda f, v: v}, where)
     sigs_raw = fields["sigs"]
     if not isinstance(sigs_raw, list) or not 1 <= len(sigs_raw) <= MAX_STEWARDS:
