@@ -194,6 +194,7 @@ class Federation:
         self.reconciled: dict[str, dict[str, Any]] = {}  # line id -> the latest comparison
         # line id -> (the difference, since when, raised already)
         self._unsettled: dict[str, tuple[Any, int, bool]] = {}
+        self._mismatched: dict[str, Any] = {}  # line id -> the mismatch last raised
         # Settlement proposals not yet logged: id -> (signed, "ours" or "theirs").
         self.settlements: dict[str, tuple[Signed, str]] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -713,7 +714,11 @@ class Federation:
         if not isinstance(answer, dict) or not ({"fulfil", "reject"} & set(answer)):
             raise FederationError(ResultCode.invalid_field, "no FULFIL or REJECT in the answer")
         kind = "fulfil" if "fulfil" in answer else "reject"
-        signed = parse_signed(answer[kind], frozenset({kind}))
+        try:
+            signed = parse_signed(answer[kind], frozenset({kind}))
+        except MessageError as exc:
+            raise FederationError(ResultCode.invalid_field,
+                                  f"the peer's {kind.upper()} is malformed: {exc}") from exc
         good, all_good = signed.verified_signers()
         peer_key = record.outbound.msg.to_node  # type: ignore[union-attr]
         if not all_good or peer_key not in good or signed.msg.id != record.payment.id:  # type: ignore[union-attr]
@@ -749,11 +754,12 @@ class Federation:
         assert isinstance(p, Prepare)
         holds = self.node.ledger.holds
         if payment.role == sm.Role.intermediary and f"{p.id}/in" not in holds:
-            # Stopped before the inbound hold was logged: log it, or refuse upstream.
+            # Stopped before the inbound hold was logged: log it, or refuse upstream (not
+            # once the upstream voided: it was told nothing is held, and nothing must be).
             inbound = record.prepare.msg
             assert isinstance(inbound, Prepare)
-            outcome = await self._log(record.prepare) if self.now() < inbound.expires_at \
-                else None
+            outcome = await self._log(record.prepare) if (
+                self.now() < inbound.expires_at and payment.inbound == sm.In.prepared) else None
             if outcome is None or outcome.code not in (ResultCode.ok, ResultCode.exists):
                 code, detail = (outcome.code.value, outcome.detail) if outcome else (
                     "expired", "expired before it was held")
@@ -822,8 +828,11 @@ class Federation:
         inbound hold, if any), keep it as the answer for every repeat of that PREPARE."""
         p = record.prepare.msg
         assert isinstance(p, Prepare)
-        reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
-                                     detail[:500]), self.node.node_key)
+        # After a restart the REJECT may be logged already: the same one goes upstream again.
+        logged = await self._logged(f"reject/{p.id}/{self.key.key_id}")
+        reject = logged if logged is not None else sign_message(
+            Reject(p.id, code if code in ResultCode.__members__ else "rejected", detail[:500]),
+            self.node.node_key)
         outcome = await self._log(reject)
         if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
             log.warning("could not void inbound hold %s: %s", p.id, outcome.detail)
@@ -978,6 +987,7 @@ class Federation:
             raise FederationError(ResultCode.no_route,
                                   f"the path is longer than this node's limit of "
                                   f"{self.cfg.max_hops} hops")
+        self._refuse_distrusted(path[0])  # not through a node known to have equivocated
         line = self.line_with(path[0])
         if line is None or path[0].key_id not in self.peer_urls:
             raise FederationError(ResultCode.no_route,
@@ -1006,12 +1016,20 @@ class Federation:
                 answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", {
                     "order": order_signed.to_json(), "attempt": attempt_id,
                     "path": [k.text for k in path[1:]]})
-                return parse_signed(answer["quote"], frozenset({"quote"}))
+                quote = parse_signed(answer["quote"], frozenset({"quote"}))
             except TallyError as exc:
                 raise _peer_refusal(exc, "the next collective refused to quote") from exc
             except (KeyError, TypeError, MessageError) as exc:
                 raise FederationError(ResultCode.quote_mismatch,
                                       "the next collective sent no valid quote") from exc
+            q = quote.msg
+            good, all_good = quote.verified_signers()
+            if not isinstance(q, Quote) or not all_good or order.payee_node not in good or \
+                    (q.order, q.id) != (order.id, attempt_id):
+                raise FederationError(ResultCode.quote_mismatch,
+                                      "the next collective sent a quote that is not the payee's "
+                                      "for this order")
+            return quote
         if path:
             raise FederationError(ResultCode.invalid_field, "the path goes past the payee's node")
         payee = self.node.ledger.accounts.get(order.payee)
@@ -1060,7 +1078,7 @@ class Federation:
         assert isinstance(p, Prepare)
         if p.from_node != sender or p.to_node != self.key:
             raise FederationError(ResultCode.not_a_party, "this PREPARE is not from you to us")
-        if self.distrusted(sender) and p.id not in self.payments:
+        if self.distrusted(sender) and await self._record_of(p) is None:
             # A signed REJECT, holding nothing: the upstream voids at once instead of asking
             # again until its expiry.
             return await self._refuse_prepare(
@@ -1082,8 +1100,8 @@ class Federation:
         assert isinstance(p, Prepare)
         async with self._order_lock(p.id):  # one setup per attempt, however often it comes
             record = await self._record_of(p)
-            if record is not None and record.answer is not None:
-                return record.answer  # idempotent: the same answer again
+            if record is not None and (answer := await self._stored_answer(record)):
+                return answer  # idempotent: the same answer again
             if record is None:
                 try:
                     line_down = self._next_hop(p.path)
@@ -1111,18 +1129,29 @@ class Federation:
                     sm.start_intermediary(p.id, bytes.fromhex(p.condition), p.expires_at,
                                           out_expiry),
                     signed, nxt.key_id, forward=forward, upstream=sender.key_id)
-                await self._store(record)  # before either hold: recovery finds it
-                outcome = await self._log(signed)
-                if outcome.code not in (ResultCode.ok, ResultCode.exists):
-                    return await self._refuse_prepare(signed, outcome.code.value,
-                                                      outcome.detail, record,
-                                                      role=sm.Role.intermediary)
+                # The upstream's DECISION takes this lock too: it must not find the record
+                # stored and the inbound hold not yet logged (it would ack a void of a hold
+                # that then appears).
+                async with record.lock:
+                    await self._store(record)  # before either hold: recovery finds it
+                    outcome = await self._log(signed)
+                    if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                        return await self._refuse_prepare(signed, outcome.code.value,
+                                                          outcome.detail, record,
+                                                          role=sm.Role.intermediary)
                 self._spawn(self._drive_outbound(record))
         if record.payment.outbound == sm.Out.held and not record.done.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(record.done.wait()),
                                        self.cfg.peer_timeout_ms / 2000)
-        return record.answer
+        return await self._stored_answer(record)
+
+    @staticmethod
+    async def _stored_answer(record: PaymentRecord) -> Signed | None:
+        """The answer for upstream, once it is stored: every event that sets it stores the
+        record before it lets go of the record's lock."""
+        async with record.lock:
+            return record.answer
 
     @contextlib.asynccontextmanager
     async def _order_lock(self, order_id: str) -> AsyncIterator[None]:
@@ -1343,11 +1372,19 @@ class Federation:
         """An "unsettled" difference that stays the same for three statement rounds is no
         longer a payment in passing: a settlement or a decision reached one ledger only.
         Raise it as a mismatch, with both statements."""
-        if verdict != "unsettled":
-            self._unsettled.pop(line_id, None)
-            return verdict, detail, True
         a, b = ours.msg, theirs.msg
         assert isinstance(a, Statement) and isinstance(b, Statement)
+        if verdict != "unsettled":
+            self._unsettled.pop(line_id, None)
+            if verdict != "mismatch":
+                self._mismatched.pop(line_id, None)
+                return verdict, detail, True
+            # The same lie told again is the same dispute, not a new one every round.
+            told = (a.version, a.in_flight, a.settled, a.sum_a, a.sum_b,
+                    b.sum_a, b.sum_b)
+            new = self._mismatched.get(line_id) != told
+            self._mismatched[line_id] = told
+            return verdict, detail, new
         same = (a.version, b.version, a.in_flight, b.in_flight, a.settled, b.settled)
         first = self._unsettled.get(line_id)
         if first is None or first[0] != same:

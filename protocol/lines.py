@@ -329,6 +329,10 @@ def apply_prepare(state: LedgerState, signed: Signed, now: int, sigcheck: SigChe
     if quote.amount < order.amount:
         return _refuse(ResultCode.quote_mismatch, "the quote is for less than the order")
 
+    hold_key = f"{p.id}/out" if p.from_node == ours else f"{p.id}/in"
+    if hold_key in state.holds:
+        return _refuse(ResultCode.exists_with_different_fields,
+                       f"attempt {p.id} is already held here by another PREPARE")
     if (p.path[-1] if p.path else p.to_node) != order.payee_node:
         return _refuse(ResultCode.quote_mismatch, "the path does not end at the payee's node")
     if ours in p.path or p.from_node in p.path:

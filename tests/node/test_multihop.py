@@ -167,6 +167,15 @@ async def test_statements_agree_after_payments_and_a_lying_peer_is_caught(net: N
     assert answer[1]["statement"]["msg"]["sum_a"] == honest.sum_a
     assert a.fed.reconciled[line_id]["verdict"] == "mismatch"
     assert a.fed.reconciled[line_id]["theirs"] == lie.to_json()
+    # The same lie told again (a later statement) is still a mismatch, not a new dispute.
+    again = sign_message(replace(lie.msg, as_of=lie.msg.as_of + 1000), b.node_key)
+    async with TallyClient(a.url, b.node_key, retries=0) as as_b:
+        await as_b._request("POST", "/v1/peer/statement", {"statement": again.to_json()},
+                            signed=True)
+    assert a.fed.reconciled[line_id]["verdict"] == "mismatch"
+    mismatches = [d for d in await a.client(a.steward).disputes()
+                  if d["kind"] == "statement_mismatch"]
+    assert len(mismatches) == 1
     # A statement signed by another key than the line's other node is refused.
     forged = sign_message(honest, c.node_key)
     async with TallyClient(a.url, c.node_key, retries=0) as as_c:
@@ -244,6 +253,9 @@ async def test_no_new_payment_through_a_node_known_to_have_equivocated(
     err = await refused(a.member("alice").pay_remote("alice", "cy", c.node_key.public, 10, 10))
     assert err.code == "line_suspended" and "equivocated" in err.detail
     assert a.account("alice")["balance"] == 0 and c.account("cy")["balance"] == 0
+    # Nor does B forward to A: C's payment to alice through B is refused at B.
+    err = await refused(c.member("cy").pay_remote("cy", "alice", a.node_key.public, 10, 10))
+    assert err.code == "line_suspended"
     # C still pays B's members directly: only A is distrusted.
     receipt = await c.member("cy").pay_remote("cy", "bea", b.node_key.public, 5, 5)
     assert receipt["result"] == "ok"

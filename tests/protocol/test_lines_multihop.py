@@ -177,3 +177,20 @@ def test_upstream_void_after_the_intermediary_paid_downstream_is_its_bounded_los
     assert t.b.state.accounts[ROUTING_ACCOUNT].balance == -50
     assert t.b.state.accounts[peer_handle(t.a.node.public)].balance == 0
     _all_clean(t)
+
+
+def test_a_second_prepare_of_one_attempt_from_another_node_is_refused() -> None:
+    t = three()
+    h = two_hop(t)
+    assert t.b.apply(h.first).code == ResultCode.ok
+    p = h.first.msg
+    assert isinstance(p, Prepare)
+    # C sends B a PREPARE with the same attempt id: it must not replace A's hold.
+    other = Prepare(p.id, t.bc.id, t.c.node.public, t.b.node.public, 10, t.bc.convert(10, "b"),
+                    p.condition,
+                    p.expires_at, p.order, p.quote, ())
+    before = t.b.state.holds[f"{p.id}/in"].amount
+    assert t.b.apply(sign_message(other, t.c.node)).code == \
+        ResultCode.exists_with_different_fields
+    assert t.b.state.holds[f"{p.id}/in"].amount == before
+    _all_clean(t)
