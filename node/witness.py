@@ -208,16 +208,13 @@ class Witnessing:
             except Exception:
                 log.exception("asking witnesses to cosign failed; trying again later")
 
-            async def newer(seen: int = pushed) -> None:
-                async with checkpointer.changed:
-                    await checkpointer.changed.wait_for(
-                        lambda: checkpointer.latest is not None
-                        and checkpointer.latest.checkpoint.size > seen)
-
-            try:
-                await asyncio.wait_for(newer(), self.cfg.retry_ms / 1000)
-            except TimeoutError:
-                pass
+            # Until a newer checkpoint, or retry_ms. A plain sleep loop: cancelling a task
+            # waiting on a Condition inside wait_for can hang on Python 3.11 (seen when the
+            # node stopped), and a sleep is always cancelled at once.
+            deadline = asyncio.get_running_loop().time() + self.cfg.retry_ms / 1000
+            while asyncio.get_running_loop().time() < deadline and (
+                    checkpointer.latest is None or checkpointer.latest.checkpoint.size <= pushed):
+                await asyncio.sleep(0.2)
 
     async def push_all(self, cp: SignedCheckpoint) -> None:
         """Ask every line peer that has not cosigned ``cp`` yet to cosign it, at once."""
