@@ -858,16 +858,22 @@ def cmd_peer_status(args: argparse.Namespace) -> None:
 
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
         status = await client.lines_status()
+        terms = {line["id"]: line["terms"] for line in (await client.lines())["lines"]}
         out = []
         for r in status["lines"]:
             ours = r["ours"]["msg"]
+            flow = f"A->B {ours['sum_a']} (A's unit), {ours['sum_b']} (B's unit)"
+            if r["line"] in terms:  # in each side's own unit, by name
+                a, b = terms[r["line"]]["a"], terms[r["line"]]["b"]
+                flow = (f"{a['name']} -> {b['name']} "
+                        f"{format_amount(ours['sum_a'], Unit(**a['unit']))} "
+                        f"= {format_amount(ours['sum_b'], Unit(**b['unit']))}")
             out.append(f"{r['peer']:24} {r['verdict'].upper():11} {r['detail']}"
-                       f"\n    line {r['line']} v{ours['version']}: flowed A->B "
-                       f"{ours['sum_a']} (A's unit), {ours['sum_b']} (B's unit); "
-                       f"{len(ours['in_flight'])} in flight")
+                       f"\n    line {r['line']} v{ours['version']}: flowed {flow}, net; "
+                       f"{len(ours['in_flight'])} in flight, {ours['settled']} settlement(s)")
         if any(r["verdict"] == "mismatch" for r in status["lines"]):
-            out.append("A MISMATCH means the two ledgers disagree about settled payments: "
-                       "both signed statements are in the node's log and `--json` output; "
+            out.append("A MISMATCH means the two ledgers disagree about what flowed: both "
+                       "signed statements are kept as a dispute (`tally disputes --json`); "
                        "take them to the other collective's stewards.")
         emit(args, "\n".join(out) or "No credit lines yet: `tally peer propose URL --limit X`.",
              status)
