@@ -902,6 +902,14 @@ class Federation:
             else:
                 code, detail = "expired", "no answer from the payee's collective before the expiry"
             record.result = {"result": code, "detail": detail}
+        if late is not None and record.payment.role == sm.Role.source and record.result:
+            # The payer was (or is being) told it failed, and nothing was taken from them;
+            # yet the payee's side fulfilled: a collective on the way may have paid the payee
+            # at its own cost. Say so where the payer looks, before they pay again.
+            record.result = {**record.result, "late_fulfilment": True, "detail": (
+                record.result.get("detail", "") + "; a valid fulfilment came after the expiry:"
+                " the payee may have been paid by a collective on the way (see `tally "
+                "disputes`); check with the payee before paying again")}
         await self._store(record)  # the outcome is durable before anyone hears of it
         record.done.set()
 

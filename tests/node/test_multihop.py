@@ -218,6 +218,12 @@ async def test_an_intermediary_that_withholds_then_sends_late_carries_its_own_lo
     [late] = await a.client(a.steward).disputes()
     assert late["kind"] == "late_fulfilment" and late["attempt"] == loss["attempt"]
     assert a.account("alice")["balance"] == 0
+    # The payer, asking what became of the order, learns it failed for them — and that the
+    # payee may have been paid on the way, before paying again.
+    [attempt] = (await a.member("alice").payment(a_record.prepare.msg.order.msg.id))["attempts"]
+    assert attempt["result"]["result"] == "expired"
+    assert attempt["result"]["late_fulfilment"] is True
+    assert "before paying again" in attempt["result"]["detail"]
     clean(a, b, c)
 
 
