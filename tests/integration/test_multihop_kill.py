@@ -79,6 +79,9 @@ max_hold_ms = {MAX_HOLD_MS}
 quote_ttl_ms = 10000
 peer_timeout_ms = 2000
 graph_refresh_ms = 2000
+# As for members (TEST_CONFIG): the stream is meant to run into kills, not rate limits.
+peer_rate_per_second = 1000000.0
+peer_rate_burst = 1000000
 """
 NODES = {"A": ("Riverside", Unit("HOUR", "hours", 60)),
          "B": ("Greenway", Unit("CREDIT", "credits", 100)),
