@@ -299,15 +299,9 @@ def read_ledger(proc: NodeProcess) -> Ledger:
     return Ledger(state, accounts, holds, entries, order_of)
 
 
-async def test_payments_across_a_line_survive_sigkill_of_either_node(
-    collectives: dict[str, Collective], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    c = collectives
-    rng = random.Random(SEED)
-    line = await setup_line(c)
-
-    # The client makes each order's id; remember it per task, for the orders whose answer
-    # is lost with the connection (pay_remote hands it back only in a receipt).
+def record_order_ids(monkeypatch: pytest.MonkeyPatch) -> dict[Any, str]:
+    """The client makes each order's id; remember it per task, for the orders whose answer
+    is lost with the connection (pay_remote hands it back only in a receipt)."""
     order_ids: dict[Any, str] = {}
     original_new_id = client_module.new_id
 
@@ -319,6 +313,17 @@ async def test_payments_across_a_line_survive_sigkill_of_either_node(
         return value
 
     monkeypatch.setattr(client_module, "new_id", recording_new_id)
+    return order_ids
+
+
+async def test_payments_across_a_line_survive_sigkill_of_either_node(
+    collectives: dict[str, Collective], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c = collectives
+    rng = random.Random(SEED)
+    line = await setup_line(c)
+
+    order_ids = record_order_ids(monkeypatch)
 
     books = Books()
     stop = asyncio.Event()

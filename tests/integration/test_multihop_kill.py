@@ -37,7 +37,6 @@ from typing import Any
 
 import pytest
 
-import node.client as client_module
 from crypto.keys import SecretKey, read_key_file
 from node.client import TallyClient, TallyError
 from node.service import init_data_dir
@@ -57,6 +56,7 @@ from tests.integration.test_federation_kill import (
     Collective,
     Ledger,
     read_ledger,
+    record_order_ids,
     resolve,
     wait_settled,
 )
@@ -217,19 +217,7 @@ async def test_payments_through_an_intermediary_survive_sigkill_of_any_node(
     rng = random.Random(SEED)
     lines = await setup_lines(c)
 
-    # The client makes each order's id; remember it per task, for the orders whose answer
-    # is lost with the connection (pay_remote hands it back only in a receipt).
-    order_ids: dict[Any, str] = {}
-    original_new_id = client_module.new_id
-
-    def recording_new_id() -> str:
-        value = original_new_id()
-        task = asyncio.current_task()
-        if task is not None:
-            order_ids[task] = value
-        return value
-
-    monkeypatch.setattr(client_module, "new_id", recording_new_id)
+    order_ids = record_order_ids(monkeypatch)
 
     books = Books()
     orders: dict[str, Order] = {}
