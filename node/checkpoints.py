@@ -138,6 +138,8 @@ class Checkpointer:
         self.committed_size = 0
         self._wake = asyncio.Event()
         self.changed = asyncio.Condition()
+        # How the checkpointer waits out its delay: time is passed in, so a test can hold it.
+        self.pause: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def on_commit(self, size: int) -> None:
         self.committed_size = size
@@ -160,7 +162,7 @@ class Checkpointer:
             await self.sign(self.committed_size)
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.delay / 2)
+            await self.pause(self.delay / 2)
             self._wake.clear()
             size = self.committed_size
             if self.latest is not None and self.latest.checkpoint.size >= size:
