@@ -223,12 +223,17 @@ async def test_a_burst_of_transfers_is_signed_in_one_checkpoint(tmp_path: Path) 
         writer, checkpointer = coop.node.writer, coop.node.checkpointer
         assert writer is not None and checkpointer is not None
         # The checkpointer's delay lasts until the test says: no clock in this test.
-        delay_over = asyncio.Event()
+        delay_over, waiting = asyncio.Event(), asyncio.Event()
 
         async def held(_seconds: float) -> None:
+            waiting.set()
             await delay_over.wait()
 
         checkpointer.pause = held
+        # One transfer wakes it; once it waits in our delay (any delay it was already in has
+        # ended, and what it signed then is counted before), the burst begins.
+        await pay(coop, "alice", "bob", 1, coop.alice)
+        await asyncio.wait_for(waiting.wait(), 10)
         commits_before, checkpoints_before = writer.commits, stored_checkpoints(coop)
         gate = asyncio.Semaphore(4)
 
