@@ -426,15 +426,7 @@ class TallyClient:
         takes effect when the other collective's stewards accept it, like the first."""
         from protocol.messages import parse_message
 
-        self_key = self.key
-        self.key = stewards[0]
-        try:
-            listing = await self.lines()
-        finally:
-            self.key = self_key
-        current = next((x for x in listing["lines"] if x["id"] == line_id), None)
-        if current is None:
-            raise TallyError("line_not_found", f"no credit line {line_id} here")
+        current = await self._current_line(line_id, stewards)
         line = parse_message(current["terms"], frozenset({"line"}))
         assert isinstance(line, Line)
         mine = await self.info()
@@ -452,12 +444,7 @@ class TallyClient:
 
     async def accept_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
         """Accept a proposal this collective received, as its stewards."""
-        self_key = self.key
-        self.key = stewards[0]
-        try:
-            listing = await self.lines()
-        finally:
-            self.key = self_key
+        listing = await self._lines_as(stewards)
         terms = next((p["terms"] for p in listing["proposals"] if p["id"] == line_id), None)
         if terms is None:
             raise TallyError("line_not_found", f"no proposal {line_id} here")
@@ -467,13 +454,17 @@ class TallyClient:
         body = {"line": sign_message(line, *stewards).to_json(), "url": "", "action": "accept"}
         return (await self._request("POST", "/v1/lines", body, idempotent=False))[1]  # type: ignore[no-any-return]
 
-    async def _current_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+    async def _lines_as(self, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        """``lines()`` read as the first of ``stewards`` (who may see the proposals)."""
         self_key = self.key
         self.key = stewards[0]
         try:
-            listing = await self.lines()
+            return await self.lines()
         finally:
             self.key = self_key
+
+    async def _current_line(self, line_id: str, stewards: Sequence[SecretKey]) -> dict[str, Any]:
+        listing = await self._lines_as(stewards)
         current = next((x for x in listing["lines"] if x["id"] == line_id), None)
         if current is None:
             raise TallyError("line_not_found", f"no credit line {line_id} here")
@@ -518,12 +509,7 @@ class TallyClient:
     async def accept_settlement(self, settlement_id: str,
                                 stewards: Sequence[SecretKey]) -> dict[str, Any]:
         """Accept a settlement the other collective proposed, as this collective's stewards."""
-        self_key = self.key
-        self.key = stewards[0]
-        try:
-            listing = await self.lines()
-        finally:
-            self.key = self_key
+        listing = await self._lines_as(stewards)
         terms = next((x["terms"] for x in listing.get("settlements", [])
                       if x["id"] == settlement_id and x["by"] == "theirs"), None)
         if terms is None:
