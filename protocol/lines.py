@@ -368,18 +368,8 @@ def _hold_out(
         return _refuse(ResultCode.quote_mismatch, "the PREPARE delivers less than the order")
     if payer.status != "open":
         return _refuse(ResultCode.account_closed, f"{payer.handle!r} is closed")
-    peer = state.accounts[peer_handle(p.to_node)]
-    refusal = _check_limits(state, payer, debit=p.amount_from) or _check_limits(
-        state, peer, credit=p.amount_from)
-    if refusal:
-        return refusal
-    payer.pending_debit += p.amount_from
-    peer.pending_credit += p.amount_from
-    hold_key = f"{p.id}/out"
-    state.holds[hold_key] = Hold(hold_key, p.line, payer.handle, peer.handle, p.amount_from,
-                                 p.condition, p.expires_at, _label(state, p, order.payee),
-                                 peer_amount=p.amount_to)
-    return _record(state, key, digest(signed), (payer.handle, peer.handle))
+    return _hold(state, signed, key, payer, state.accounts[peer_handle(p.to_node)],
+                 _label(state, p, order.payee))
 
 
 def _hold_in(
@@ -397,28 +387,41 @@ def _hold_in(
         return _refuse(ResultCode.account_not_found, f"no member {quote.payee!r} here")
     if payee.status != "open":
         return _refuse(ResultCode.account_closed, f"{payee.handle!r} is closed")
-    peer = state.accounts[peer_handle(p.from_node)]
-    refusal = _check_limits(state, peer, debit=p.amount_to) or _check_limits(
-        state, payee, credit=p.amount_to)
-    if refusal:
-        return refusal
-    peer.pending_debit += p.amount_to
-    payee.pending_credit += p.amount_to
-    hold_key = f"{p.id}/in"
     order = p.order.msg
     assert isinstance(order, PaymentOrder)
-    state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, payee.handle, p.amount_to,
-                                 p.condition, p.expires_at, _label(state, p, order.payer),
-                                 peer_amount=p.amount_from)
-    return _record(state, key, digest(signed), (peer.handle, payee.handle))
+    return _hold(state, signed, key, state.accounts[peer_handle(p.from_node)], payee,
+                 _label(state, p, order.payer))
+
+
+def _hold(state: LedgerState, signed: Signed, key: str, debit: Account, credit: Account,
+          counterparty: str) -> Outcome:
+    """Hold the PREPARE's amount, in our unit, from ``debit`` to ``credit`` if both stay
+    within their limits: ``<id>/out`` when we sent it, ``<id>/in`` when we received it."""
+    p = signed.msg
+    assert isinstance(p, Prepare)
+    outbound = p.from_node == state.genesis.node_key
+    amount, peer_amount = (p.amount_from, p.amount_to) if outbound else (
+        p.amount_to, p.amount_from)
+    refusal = _check_limits(state, debit, debit=amount) or _check_limits(
+        state, credit, credit=amount)
+    if refusal:
+        return refusal
+    for account in (debit, credit):
+        state.accounts.setdefault(account.handle, account)
+    debit.pending_debit += amount
+    credit.pending_credit += amount
+    hold_key = f"{p.id}/{'out' if outbound else 'in'}"
+    state.holds[hold_key] = Hold(hold_key, p.line, debit.handle, credit.handle, amount,
+                                 p.condition, p.expires_at, counterparty,
+                                 peer_amount=peer_amount)
+    return _record(state, key, digest(signed), (debit.handle, credit.handle))
 
 
 def _routing_account(state: LedgerState) -> Account:
-    account = state.accounts.get(ROUTING_ACCOUNT)
-    if account is None:
-        account = state.accounts[ROUTING_ACCOUNT] = Account(
-            ROUTING_ACCOUNT, "internal", None, MAX_AMOUNT, MAX_AMOUNT)
-    return account
+    """The routing account, or a new one that ``_hold`` adds to the books only if the hold
+    is made (a refusal changes nothing, not even by opening an account)."""
+    return state.accounts.get(ROUTING_ACCOUNT) or Account(
+        ROUTING_ACCOUNT, "internal", None, MAX_AMOUNT, MAX_AMOUNT)
 
 
 def _hold_transit(
@@ -437,18 +440,8 @@ def _hold_transit(
         return _refuse(ResultCode.line_suspended,
                        f"the credit line with {line.other(state.genesis.node_key).name} "
                        "is suspended")
-    peer = state.accounts[peer_handle(p.from_node)]
-    refusal = _check_limits(state, peer, debit=p.amount_to)
-    if refusal:
-        return refusal
-    routing = _routing_account(state)
-    peer.pending_debit += p.amount_to
-    routing.pending_credit += p.amount_to
-    hold_key = f"{p.id}/in"
-    state.holds[hold_key] = Hold(hold_key, p.line, peer.handle, routing.handle, p.amount_to,
-                                 p.condition, p.expires_at, _label(state, p, order.payer),
-                                 peer_amount=p.amount_from)
-    return _record(state, key, digest(signed), (peer.handle, routing.handle))
+    return _hold(state, signed, key, state.accounts[peer_handle(p.from_node)],
+                 _routing_account(state), _label(state, p, order.payer))
 
 
 def _hold_forward(state: LedgerState, signed: Signed, p: Prepare, key: str) -> Outcome:
@@ -466,18 +459,8 @@ def _hold_forward(state: LedgerState, signed: Signed, p: Prepare, key: str) -> O
     if p.amount_from > inbound.amount:
         return _refuse(ResultCode.exceeds_max_pay,
                        f"forwards {p.amount_from}, more than the {inbound.amount} received")
-    peer = state.accounts[peer_handle(p.to_node)]
-    refusal = _check_limits(state, peer, credit=p.amount_from)
-    if refusal:
-        return refusal
-    routing = _routing_account(state)
-    routing.pending_debit += p.amount_from
-    peer.pending_credit += p.amount_from
-    hold_key = f"{p.id}/out"
-    state.holds[hold_key] = Hold(hold_key, p.line, routing.handle, peer.handle, p.amount_from,
-                                 p.condition, p.expires_at, inbound.counterparty,
-                                 peer_amount=p.amount_to)
-    return _record(state, key, digest(signed), (routing.handle, peer.handle))
+    return _hold(state, signed, key, _routing_account(state),
+                 state.accounts[peer_handle(p.to_node)], inbound.counterparty)
 
 
 def _label(state: LedgerState, p: Prepare, handle: str) -> str:

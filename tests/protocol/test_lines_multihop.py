@@ -6,6 +6,7 @@ than it received, expiring sooner, against the B–C line. Each line's upstream 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -194,3 +195,11 @@ def test_a_second_prepare_of_one_attempt_from_another_node_is_refused() -> None:
         ResultCode.exists_with_different_fields
     assert t.b.state.holds[f"{p.id}/in"].amount == before
     _all_clean(t)
+
+
+def test_a_forward_refused_for_the_upstream_line_opens_no_routing_account() -> None:
+    t = three()
+    h = two_hop(t, amount=20_000)  # more than A may owe B: B refuses the PREPARE
+    before = copy.deepcopy(t.b.state.accounts)
+    assert t.b.apply(h.first).code == ResultCode.exceeds_line_limit
+    assert t.b.state.accounts == before  # nothing changed, no ~routing account either
