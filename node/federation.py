@@ -377,8 +377,16 @@ class Federation:
                                       {"evidence": ev.to_json()})
 
     def parties(self) -> dict[PublicKey, dict[str, Any]]:
-        """Every collective named by a line this node knows: key -> {name, unit, ledger}."""
+        """Every collective this node knows (by gossip, or named by a line it knows): key ->
+        {node_key, ledger, name, unit}; a line's pinned name wins over a record's."""
         out: dict[PublicKey, dict[str, Any]] = {}
+        gossip = self.node.gossip
+        if gossip is not None:
+            for known in gossip.state.fresh(gossip.now()):
+                r = known.record
+                if r.key != self.key:
+                    out[r.key] = {"node_key": r.key.text, "ledger": r.ledger, "name": r.name,
+                                  "unit": r.unit.to_json()}
         for s in [*self.node.ledger.lines.values(), *self.learned.values()]:
             line = s.msg
             if isinstance(line, Line):
@@ -386,6 +394,21 @@ class Federation:
                     if party.node_key != self.key:
                         out[party.node_key] = party.to_json()
         return out
+
+    async def find_collectives(self, where: str) -> list[tuple[PublicKey, dict[str, Any]]]:
+        """The known collectives ``where`` names: node key, key id (or its start), or the
+        start of the name a line pinned. Asks the peers again if none matches (a line may
+        have been agreed since)."""
+        def lookup() -> list[tuple[PublicKey, dict[str, Any]]]:
+            return [(key, party) for key, party in self.parties().items()
+                    if where in (key.text, key.key_id) or key.key_id.startswith(where.lower())
+                    or party["name"].lower().startswith(where.lower())]
+
+        matches = lookup()
+        if not matches:
+            await self.refresh_graph()
+            matches = lookup()
+        return matches
 
     def _knows(self, key: PublicKey) -> bool:
         return key in self.parties()
@@ -768,6 +791,12 @@ class Federation:
         hold = holds.get(f"{p.id}/out")
         if hold is not None and hold.state == "held":
             return
+        inbound_hold = holds.get(f"{p.id}/in")
+        if hold is None and inbound_hold is not None and inbound_hold.state != "held":
+            # The upstream voided what we hold before we could forward it: its clock ran out.
+            await self._settle_unsent(record, "expired",
+                                      "the upstream voided it before it could be forwarded")
+            return
         if hold is None:
             if self.now() < p.expires_at:
                 outcome = await self._log(record.outbound)
@@ -814,9 +843,6 @@ class Federation:
         is told, or the upstream node gets our REJECT."""
         record.payment = replace(record.payment, outbound=sm.Out.voided, hold="voided",
                                  decision_acked=True)
-        if code == ResultCode.hold_resolved.value:
-            # The upstream voided what we hold before we could forward it: its clock ran out.
-            code, detail = "expired", "the upstream voided it before it could be forwarded"
         record.result = {"result": code, "detail": detail}
         if record.payment.role == sm.Role.intermediary:
             await self._reject_upstream(record, code, detail)

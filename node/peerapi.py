@@ -193,15 +193,7 @@ async def get_routes(request: web.Request) -> web.Response:
     where = request.query.get("to", "").strip()
     if not where:
         raise Problem(ResultCode.invalid_field, "say which collective: ?to=NAME or node key")
-    def lookup() -> list[tuple[PublicKey, dict[str, Any]]]:
-        return [(key, party) for key, party in fed.parties().items()
-                if where in (key.text, key.key_id) or key.key_id.startswith(where.lower())
-                or party["name"].lower().startswith(where.lower())]
-
-    matches = lookup()
-    if not matches:  # perhaps a line our peers agreed since we last asked them
-        await fed.refresh_graph()
-        matches = lookup()
+    matches = await fed.find_collectives(where)
     if not matches:
         known = ", ".join(sorted(p["name"] for p in fed.parties().values())) or "none yet"
         raise Problem(ResultCode.not_found,

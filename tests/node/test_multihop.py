@@ -289,3 +289,25 @@ async def test_a_difference_that_persists_through_statements_becomes_a_mismatch(
     disputes = [d for d in await a.client(a.steward).disputes()
                 if d["kind"] == "statement_mismatch"]
     assert len(disputes) == 1 and disputes[0]["evidence"]["theirs"] == theirs.to_json()
+
+
+async def test_a_collective_known_only_by_gossip_is_found_and_paid(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = net.a, net.b, net.c
+    assert a.node.gossip is not None and b.node.gossip is not None
+
+    async def nothing() -> None:  # no asking line peers: what A knows comes from gossip
+        return None
+
+    monkeypatch.setattr(a.fed, "refresh_graph", nothing)
+    a.fed.learned.clear()
+    assert c.node.gossip is not None
+    for _ in range(2):  # each signs a record naming its lines; B carries C's to A
+        for side in (c, b, a):
+            assert side.node.gossip is not None
+            await side.node.gossip.round()
+    found = await a.member("alice").routes("Hill", 300)
+    assert found["collective"]["node_key"] == c.node_key.public.text
+    assert [r["via"] for r in found["routes"]] == [["Greenway"]]
+    receipt = await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 300, 150)
+    assert receipt["result"] == "ok"
