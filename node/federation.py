@@ -162,6 +162,10 @@ def _peer_refusal(exc: TallyError, what: str) -> FederationError:
     """A peer's HTTP refusal, as one of our result codes."""
     if exc.code == "unreachable":  # not a ResultCode: test it before mapping the rest
         return FederationError(ResultCode.no_route, f"{what}: unreachable: {exc.detail}")
+    if exc.status >= 500:
+        # The peer failed, not this node: never our own 500. Another route may do.
+        log.warning("%s: the peer failed (%d %s): %s", what, exc.status, exc.code, exc.detail)
+        return FederationError(ResultCode.no_route, f"{what}: it failed ({exc.code})")
     code = exc.code if exc.code in ResultCode.__members__ else "rejected"
     return FederationError(ResultCode(code), f"{what}: {exc.detail}")
 

@@ -101,4 +101,15 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     fig3_runs = results["details"]["fig3_runs"]
     assert sum(run["items_ok"] for run in fig3_runs) > 0
     for run in fig3_runs:
-        assert set(run["refusals"]) <= {"expired", "None"} and not run["errors"], run
+        assert set(run["refusals"]) <= {"expired", "None"} and not run["errors"], (
+            run, node_tracebacks(tmp_path / "work"))
+
+
+def node_tracebacks(work: Path) -> str:
+    """What the benchmark's node processes logged of any fault, to say why a run failed."""
+    out = []
+    for log in sorted(work.glob("**/logs/*.err")):
+        text = log.read_text(errors="replace")
+        if "Traceback" in text:
+            out.append(f"{log.name}: {text[text.index('Traceback'):][:3000]}")
+    return "\n".join(out) or "no traceback in the nodes' logs"

@@ -311,3 +311,16 @@ async def test_a_collective_known_only_by_gossip_is_found_and_paid(
     assert [r["via"] for r in found["routes"]] == [["Greenway"]]
     receipt = await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 300, 150)
     assert receipt["result"] == "ok"
+
+
+async def test_a_peer_that_fails_is_a_refusal_here_not_our_own_fault(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = net.a, net.b, net.c
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a fault inside B")
+
+    monkeypatch.setattr(b.fed, "quote", broken)  # B answers 500 to every quote request
+    err = await refused(a.member("alice").pay_remote("alice", "cy", c.node_key.public, 10, 10))
+    assert err.status == 422 and err.code == "no_route" and "failed" in err.detail
+    assert a.account("alice")["balance"] == 0
