@@ -36,7 +36,7 @@ async def serve(host: str, port: int) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     server = site._server
-    assert isinstance(server, asyncio.base_events.Server)
+    assert server is not None
     bound = server.sockets[0].getsockname()
     print(json.dumps({"url": f"http://{bound[0]}:{bound[1]}"}), flush=True)
     try:
@@ -52,7 +52,11 @@ def main() -> None:
     host, _, port = args.listen.rpartition(":")
     if host != "127.0.0.1":
         parser.error("the bare server listens on 127.0.0.1 only")
-    asyncio.run(serve(host, int(port)))
+    import os
+    if os.environ.get('TALLY_LOOP')=='uvloop':
+        import uvloop; uvloop.run(serve(host, int(port)))
+    else:
+        asyncio.run(serve(host, int(port)))
 
 
 if __name__ == "__main__":
