@@ -41,7 +41,9 @@ def _migrations() -> list[tuple[int, str]]:
 
 async def open_db(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:
     """Open (creating if needed) the database and bring its schema up to date."""
-    db = await aiosqlite.connect(path, isolation_level=None)
+    # check_same_thread=False: the writer runs its statements on the event loop's thread
+    # (``node.writer.on_loop``), not only in aiosqlite's own.
+    db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
     await db.execute("PRAGMA journal_mode=WAL")
     await db.execute(f"PRAGMA synchronous={synchronous.upper()}")
     await db.execute("PRAGMA foreign_keys=ON")

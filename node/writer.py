@@ -15,11 +15,22 @@ events) and await the outcome. The writer task takes whatever is queued — up t
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
    postings, memos, event ids) and any signed-request nonces.
 
-Steps 1 and 3 each run as one function in the connection's own thread (one hop each, not one
-per statement); step 3 includes the COMMIT unless an ``OpRequest`` must run in between.
-Only after COMMIT returns are the requests answered, so an acknowledged event is durable,
-and a refused one wrote nothing. If the transaction fails, the in-memory state is reloaded
-from the database and every request in the batch gets ``internal_error`` (nothing applied).
+Steps 1 and 3 each run as one plain ``sqlite3`` call sequence *on the event loop's thread*
+(``on_loop``); step 3 includes the COMMIT unless an ``OpRequest`` must run in between (ops
+use the connection through aiosqlite, awaited one at a time). Only after COMMIT returns are
+the requests answered, so an acknowledged event is durable, and a refused one wrote nothing.
+If the transaction fails, the in-memory state is reloaded from the database and every
+request in the batch gets ``internal_error`` (nothing applied).
+
+Why on the loop's thread, blocking it for the inserts and the fsync: in aiosqlite's thread
+every SQLite step releases the GIL and must win it back from a busy event loop, which holds
+it for up to the interpreter's switch interval (5 ms) at a time. Measured under figure 1's
+load (bench, docs/benchmarks.md), a group commit of ~20 transfers took ~16 ms that way
+(~5 ms for a SELECT of 20 ids, ~10 ms for the inserts and COMMIT), and every request waited
+for it; on the loop's thread the same commit takes ~3-4 ms, of which the fsync is a few
+hundred microseconds on a local SSD. The cost: while the fsync runs, the loop serves nobody
+(a disk with slow fsyncs slows every request, not only writes). After ``start`` the writer is
+the only user of its connection, so nothing else can run statements on it meanwhile.
 """
 
 from __future__ import annotations
@@ -98,17 +109,17 @@ def _size(request: Request) -> int:
     return len(request.events) if isinstance(request, EventBatch) else 1
 
 
-async def in_db_thread(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(conn, *args)`` in ``db``'s own thread, with its ``sqlite3.Connection``: one
-    hop for many statements. In order with every other call on ``db`` (aiosqlite runs them
-    one at a time from one queue). Uses aiosqlite's ``_execute``, its way to run any
-    function in that thread."""
-    return await db._execute(lambda: fn(db._conn, *args))  # type: ignore[no-any-return]
+def on_loop(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn(conn, *args)`` right here, on the event loop's thread, with ``db``'s own
+    ``sqlite3.Connection`` (opened with ``check_same_thread=False``: see the module's
+    docstring for why). Only the writer calls it, and never while an aiosqlite call on
+    ``db`` is in flight (it awaits each of those), so the two never run at once."""
+    return fn(db._conn, *args)
 
 
 class _Recorder:
     """Stands in for the connection while ``TreeAppender.append`` computes its rows, so they
-    are written with the rest of the batch, in the one hop."""
+    are written with the rest of the batch, in one transaction."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[str, list[Any]]] = []
@@ -134,10 +145,8 @@ _CHUNKS = (256, 32, 4, 1)
 
 def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
     """``conn.executemany(sql, rows)`` for ``sql`` of the form ``INSERT … VALUES (?, …)``,
-    as multi-row INSERTs: the same rows in the same order, but one SQLite step (one release
-    and re-acquisition of the GIL) per statement instead of per row. Row by row, a thread
-    that must win the GIL back thousands of times per commit is starved by the event loop
-    (each wait up to the interpreter's switch interval)."""
+    as multi-row INSERTs: the same rows in the same order, but one SQLite step per statement
+    instead of per row (less interpreter work per row)."""
     head, _, group = sql.rpartition(" VALUES ")
     start = 0
     for size in _CHUNKS:
@@ -297,7 +306,7 @@ class Writer:
                                if not isinstance(s.msg, Genesis))
         state.seen.clear()
         if ids_set:
-            for row in await in_db_thread(self.db, _select_seen, list(ids_set)):
+            for row in on_loop(self.db, _select_seen, list(ids_set)):
                 state.seen[row[0]] = Seen(bytes(row[1]), int(row[2]))
 
         results: list[Outcome | bool | list[Outcome]] = []
@@ -423,12 +432,12 @@ class Writer:
                 prune = True
                 statements.append(("DELETE FROM nonces WHERE expires < ?", (now // 1000,)))
         try:
-            # One hop: BEGIN, every statement and (unless ops must run first) COMMIT.
-            await in_db_thread(db, _write, statements, not ops)
+            # BEGIN, every statement and (unless ops must run first) COMMIT, on this thread.
+            on_loop(db, _write, statements, not ops)
             for op in ops:
                 await op.run(db)
             if ops:
-                await in_db_thread(db, _commit_only)
+                on_loop(db, _commit_only)
         except BaseException:
             for nonce, _ in new_nonces:
                 self.nonces.pop(nonce, None)
