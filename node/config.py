@@ -28,6 +28,8 @@ class NodeSettings:
     listen: str = "127.0.0.1:7300"  # HOST:PORT the HTTP API binds to
     public_url: str = ""  # the URL members and peers use, if not http://<listen>
     log_level: str = "info"
+    # Processes that check members' signatures beside the event loop; 0: on the loop itself.
+    signature_workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class Config:
     witness: WitnessSettings = field(default_factory=WitnessSettings)
 
     def validate(self) -> None:
+        if not 0 <= self.node.signature_workers <= 64:
+            raise ConfigError("[node] signature_workers must be between 0 and 64")
         if self.ledger.books not in ("open", "private"):
             raise ConfigError('[ledger] books must be "open" or "private"')
         if self.storage.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):

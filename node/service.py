@@ -15,12 +15,12 @@ Data directory::
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
-import threading
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,7 @@ from crypto.keys import SecretKey, read_key_file, write_key_file
 from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
+from node.sigworker import encode_job
 from node.writer import Writer
 
 if TYPE_CHECKING:
@@ -174,91 +175,155 @@ def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     return out
 
 
-_PROCESSES: ProcessPoolExecutor | None = None
+class SigWorkers:
+    """Worker processes (``python -m node.sigworker``) that check signatures, each fed jobs
+    over its standard input and answering on its standard output, in order. The event loop
+    writes the jobs and reads the answers itself, like any socket: no thread of the node
+    takes part, so no thread waits on the GIL (see ``node.sigworker``). Started on first
+    use; a worker that dies fails the jobs it held (those requests get ``internal_error``,
+    nothing is applied) and is replaced on the next job."""
 
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * count
+        self.waiting: list[collections.deque[asyncio.Future[bytes]]] = [
+            collections.deque() for _ in range(count)]
+        self.load = [0] * count  # signatures sent to each worker and not yet answered
+        self.readers: list[asyncio.Task[None] | None] = [None] * count
+        self.starting: list[asyncio.Future[None] | None] = [None] * count
+        self.closing = False
 
-def verify_processes(workers: int) -> ProcessPoolExecutor:
-    """The worker processes that verify batches: one pool per process (made on first use),
-    shared by every node it runs (``tally demo`` runs several)."""
-    global _PROCESSES
-    if _PROCESSES is None:
-        import multiprocessing
-
-        # forkserver: never fork this process (its threads hold locks); the server starts
-        # once, and each worker forks from it.
-        _PROCESSES = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_leave_with, initargs=(os.getpid(),),
-        )
-    return _PROCESSES
-
-
-def _leave_with(pid: int) -> None:
-    """Worker initializer: exit once process ``pid`` (the node) is gone. A node that is
-    SIGKILLed cannot stop its pool, and a worker waiting for its next job never learns."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
+    async def _proc(self, i: int) -> asyncio.subprocess.Process:
+        proc = self.procs[i]
+        if proc is not None and proc.returncode is None:
+            return proc
+        starting = self.starting[i]
+        if starting is None:
+            starting = self.starting[i] = asyncio.get_running_loop().create_future()
             try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # the pid was reused by another user's process
-                os._exit(0)
+                env = dict(os.environ)
+                root = str(Path(__file__).resolve().parent.parent)  # where ``node`` lives
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "node.sigworker", env=env,
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                self.procs[i] = proc
+                self.readers[i] = asyncio.create_task(self._read(i, proc))
+                starting.set_result(None)
+            except BaseException as exc:
+                starting.set_exception(exc)
+                starting.exception()  # retrieved: others awaiting it get it raised
+                raise
+            finally:
+                self.starting[i] = None
+        else:
+            await starting
+        proc = self.procs[i]
+        assert proc is not None
+        return proc
 
-    threading.Thread(target=watch, name="leave-with-node", daemon=True).start()
+    async def _read(self, i: int, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        waiting = self.waiting[i]
+        try:
+            while True:
+                header = await proc.stdout.readexactly(4)
+                answer = await proc.stdout.readexactly(int.from_bytes(header, "big"))
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError, IndexError) as exc:
+            if not self.closing:
+                log.warning("a signature worker stopped (%s); starting another on the next "
+                            "job", exc.__class__.__name__)
+        finally:
+            while waiting:
+                future = waiting.popleft()
+                if not future.done():
+                    future.set_exception(RuntimeError("a signature worker stopped"))
+            self.load[i] = 0
+            if proc.returncode is None:
+                proc.kill()
+
+    async def check(self, jobs: list[Job]) -> list[bool]:
+        """Each job's verdict, in order: on the least-loaded worker."""
+        i = min(range(self.count), key=self.load.__getitem__)
+        self.load[i] += len(jobs) + 1  # counted before any await: the next job goes elsewhere
+        try:
+            proc = await self._proc(i)
+            assert proc.stdin is not None
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self.waiting[i].append(future)
+            proc.stdin.write(encode_job(jobs))
+            answer = await future
+        finally:
+            self.load[i] = max(0, self.load[i] - len(jobs) - 1)
+        if len(answer) != len(jobs):
+            raise RuntimeError("a signature worker answered the wrong number of verdicts")
+        return [b == 1 for b in answer]
+
+    async def close(self) -> None:
+        self.closing = True
+        for i, proc in enumerate(self.procs):
+            if proc is None:
+                continue
+            if proc.stdin is not None:
+                proc.stdin.close()  # the worker ends at the end of its input
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+            reader = self.readers[i]
+            if reader is not None:
+                await reader
+            self.procs[i] = self.readers[i] = None
 
 
 class Verifier:
-    """Checks signatures off the event loop.
+    """Checks signatures off the event loop, in worker processes (``SigWorkers``).
 
-    A batch request's items (``SPLIT`` or more) are split across worker *processes*: threads
-    would each need the GIL back after every signature, and with the event loop busy (it
-    parses and applies other batches meanwhile) they wait for it most of the time; a
-    process takes bytes and returns booleans, one hand-over per chunk.
+    Jobs of few signatures (a single transfer, an act) wait in a queue that is sent whole to
+    a worker when one is free, so the transfers of concurrent requests are verified together
+    in one job: one round trip per job, not per request. Jobs of ``SPLIT`` or more (a batch
+    request) are split across every worker at once.
 
-    Few items (a single transfer, an act) wait in a queue that a worker thread takes whole
-    when one is free, so the transfers of concurrent requests are verified together in one
-    job: one hop per job, not per request.
+    ``workers=0`` checks on the event loop itself (libsodium, ~100 µs a signature): for a
+    node that must not start processes.
     """
 
-    SPLIT = 64  # items from which one call is split across the worker processes
+    SPLIT = 64  # signatures from which one call is split across the workers
 
-    def __init__(self, workers: int, processes: bool = True) -> None:
+    def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.processes = processes
-        self.threads = ThreadPoolExecutor(workers, thread_name_prefix="verify")
+        self.pool = SigWorkers(workers) if workers else None
         self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
         self.in_flight = 0
         self.scheduled = False
 
-    @property
-    def batch_pool(self) -> Executor:
-        return verify_processes(self.workers) if self.processes else self.threads
-
-    def shutdown(self) -> None:
-        self.threads.shutdown(wait=False, cancel_futures=True)
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
             return []
         jobs = _jobs(items)
-        loop = asyncio.get_running_loop()
-        if len(jobs) >= self.SPLIT:
+        pool = self.pool
+        if pool is None:
+            good = open_signed(jobs)
+        elif len(jobs) >= self.SPLIT:
             size = -(-len(jobs) // self.workers)
-            pool = self.batch_pool
             parts = await asyncio.gather(*(
-                loop.run_in_executor(pool, open_signed, jobs[i : i + size])
-                for i in range(0, len(jobs), size)
+                pool.check(jobs[i : i + size]) for i in range(0, len(jobs), size)
             ))
             good = [ok for part in parts for ok in part]
         else:
-            future: asyncio.Future[list[bool]] = loop.create_future()
+            future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
             self.pending.append((jobs, len(jobs), future))
             if not self.scheduled:
                 self.scheduled = True
-                loop.call_soon(self._flush)
+                asyncio.get_running_loop().call_soon(self._flush)
             good = await future
         return _sigchecks(items, good)
 
@@ -270,15 +335,9 @@ class Verifier:
             return  # a job in flight flushes again when it ends
         waiting, self.pending = self.pending, []
         jobs = [job for part, _, _ in waiting for job in part]
-        loop = asyncio.get_running_loop()
-        try:
-            done = loop.run_in_executor(self.threads, open_signed, jobs)
-        except RuntimeError as exc:  # the pool was shut down: the node is stopping
-            for _, _, future in waiting:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        assert self.pool is not None
         self.in_flight += 1
+        done = asyncio.ensure_future(self.pool.check(jobs))
         done.add_done_callback(lambda f: self._answer(waiting, f))
 
     def _answer(
@@ -319,7 +378,7 @@ class Node:
         self.reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.verifier = Verifier(max(2, os.cpu_count() or 2))
+        self.verifier = Verifier(self.config.node.signature_workers)
         _, self.node_key = read_key_file(data_dir / NODE_KEY)
         self.state: LedgerState | None = None
         self.checkpointer: Checkpointer | None = None
@@ -424,7 +483,7 @@ class Node:
             if conn is not None:
                 await conn.close()
         self.reader = self.db = None
-        self.verifier.shutdown()
+        await self.verifier.close()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         """Check signatures (``Signed.verified_signers`` of each item) off the event loop:

@@ -1,0 +1,105 @@
+"""A signature-checking worker process, fed over its standard input by a node's event loop.
+
+    python -m node.sigworker      # started by ``node.service.SigWorkers``, not by hand
+
+Layer: node (no asyncio here: it blocks on its pipe). A job is one frame in, one frame out,
+in order:
+
+    in:  u32 length, then per signature: u16 len + the signature as written (base64url),
+         32 bytes of public key, u32 len + the bytes it signs
+    out: u32 length, then one byte per signature: 1 if it verifies, else 0
+
+The worker exits when its standard input closes: when the node stops, or dies (a SIGKILLed
+node's pipes close with it, so no worker outlives it). It never writes anything else to
+standard output; errors go to standard error, and a malformed frame ends the worker (the
+node then fails the jobs it had sent and starts another).
+
+Why a process and a pipe, not a thread or ``concurrent.futures``: libsodium releases the GIL,
+but a thread must win it back after every signature from a busy event loop, which keeps it up
+to the switch interval (5 ms) at a time; and a process pool hands each result back through a
+thread of the node that needs the GIL too. Here the event loop reads the answer itself, as it
+reads a socket.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import nacl.bindings
+import nacl.exceptions
+
+from protocol.messages import signature_bytes
+
+HEADER = struct.Struct(">I")
+SIG_LEN = struct.Struct(">H")
+MSG_LEN = struct.Struct(">I")
+
+
+def encode_job(jobs: list[tuple[str, bytes, bytes]]) -> bytes:
+    """One frame for ``jobs`` of (signature as written, 32-byte public key, signed bytes)."""
+    parts: list[bytes] = []
+    for sig, pk, body in jobs:
+        raw = sig.encode("utf-8", "replace") if type(sig) is str else b""
+        parts += (SIG_LEN.pack(len(raw)), raw, pk, MSG_LEN.pack(len(body)), body)
+    payload = b"".join(parts)
+    return HEADER.pack(len(payload)) + payload
+
+
+def check_frame(payload: bytes) -> bytes:
+    """The answer to one job frame: a byte per signature, 1 where it verifies."""
+    out = bytearray()
+    view = memoryview(payload)
+    at, end = 0, len(payload)
+    while at < end:
+        (n,) = SIG_LEN.unpack_from(view, at)
+        at += 2
+        sig = bytes(view[at : at + n]).decode("utf-8", "replace")
+        at += n
+        pk = bytes(view[at : at + 32])
+        at += 32
+        (m,) = MSG_LEN.unpack_from(view, at)
+        at += 4
+        body = bytes(view[at : at + m])
+        at += m
+        raw = signature_bytes(sig)
+        ok = 0
+        if raw is not None and len(pk) == 32:
+            try:
+                nacl.bindings.crypto_sign_open(raw + body, pk)
+                ok = 1
+            except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+                pass
+        out.append(ok)
+    if at != end:
+        raise ValueError("a job frame ends inside a signature")
+    return bytes(out)
+
+
+def _read_exactly(stream: object, n: int) -> bytes | None:
+    data = stream.read(n)  # type: ignore[attr-defined]
+    if not data:
+        return None
+    while len(data) < n:
+        more = stream.read(n - len(data))  # type: ignore[attr-defined]
+        if not more:
+            raise ValueError("standard input closed inside a frame")
+        data += more
+    return data  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = _read_exactly(stdin, HEADER.size)
+        if header is None:
+            return 0  # the node closed the pipe: stop
+        (length,) = HEADER.unpack(header)
+        payload = _read_exactly(stdin, length) if length else b""
+        answer = check_frame(payload or b"")
+        stdout.write(HEADER.pack(len(answer)) + answer)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

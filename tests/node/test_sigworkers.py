@@ -1,0 +1,140 @@
+"""Signature-checking worker processes (``node.service.SigWorkers``, ``node.sigworker``):
+right verdicts in order, a worker that dies fails only its own jobs and is replaced, and no
+worker outlives its node, even a SIGKILLed one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from crypto.keys import SecretKey
+from node.service import SigWorkers, Verifier, open_signed
+from node.sigworker import check_frame, encode_job
+from protocol.messages import Transfer, sign_message
+
+KEY = SecretKey.from_random(bytes(range(32)))
+OTHER = SecretKey.from_random(bytes(range(1, 33)))
+
+
+def transfers(n: int) -> list:
+    return [
+        sign_message(Transfer("ab" * 16, f"{i:032x}", "ann", "bo", 1 + i, None, 10**13), KEY)
+        for i in range(n)
+    ]
+
+
+def jobs_with_bad(n: int) -> tuple[list[tuple[str, bytes, bytes]], list[bool]]:
+    """n jobs; every third is wrong in one of three ways (another key, other bytes, a
+    signature that is not the one canonical spelling)."""
+    jobs, expected = [], []
+    for i, signed in enumerate(transfers(n)):
+        sig, pk, body = signed.sigs[0].sig, KEY.public.raw, signed.signed_bytes
+        if i % 3 == 1:
+            kind = i % 9
+            if kind == 1:
+                pk = OTHER.public.raw
+            elif kind == 4:
+                body = body + b" "
+            else:
+                sig = sig[:-1] + "B"  # unused bits set: not canonical
+        jobs.append((sig, pk, body))
+        expected.append(i % 3 != 1)
+    return jobs, expected
+
+
+def test_worker_frame_matches_checking_here():
+    jobs, expected = jobs_with_bad(30)
+    answer = check_frame(encode_job(jobs)[4:])
+    assert [b == 1 for b in answer] == expected == open_signed(jobs)
+
+
+def test_truncated_frame_is_refused_not_misread():
+    frame = encode_job(jobs_with_bad(2)[0])[4:]
+    with pytest.raises(ValueError):
+        check_frame(frame[:-10])
+
+
+async def test_workers_answer_in_order_across_many_jobs():
+    pool = SigWorkers(2)
+    try:
+        batches = [jobs_with_bad(n) for n in (1, 5, 40, 3, 200)]
+        answers = await asyncio.gather(*(pool.check(jobs) for jobs, _ in batches))
+        assert answers == [expected for _, expected in batches]
+    finally:
+        await pool.close()
+    assert all(p is None for p in pool.procs)
+
+
+async def test_verifier_through_workers_and_on_the_loop_agree():
+    items = transfers(100)
+    with_workers, on_loop = Verifier(2), Verifier(0)
+    try:
+        for chunk in (items[:1], items[:7], items):  # coalesced small jobs and a split batch
+            assert await with_workers.verify(chunk) == await on_loop.verify(chunk)
+            assert all(ok for _, ok in await with_workers.verify(chunk))
+    finally:
+        await with_workers.close()
+
+
+async def test_a_dead_worker_fails_its_jobs_and_is_replaced():
+    pool = SigWorkers(1)
+    try:
+        jobs, expected = jobs_with_bad(3)
+        assert await pool.check(jobs) == expected
+        proc = pool.procs[0]
+        assert proc is not None
+        big = jobs_with_bad(3000)[0]  # ~0.3 s of work: the worker dies holding it
+        held = asyncio.create_task(pool.check(big))
+        while not pool.waiting[0]:
+            await asyncio.sleep(0)
+        proc.kill()
+        with pytest.raises(RuntimeError, match="signature worker stopped"):
+            await held
+        assert await pool.check(jobs) == expected  # a new worker took over
+        assert pool.procs[0] is not proc
+    finally:
+        await pool.close()
+
+
+def test_workers_exit_when_their_node_is_killed(tmp_path):
+    script = textwrap.dedent("""
+        import asyncio, sys
+        from node.service import SigWorkers
+        async def main():
+            pool = SigWorkers(2)
+            await asyncio.gather(pool.check([]), pool.check([]))
+            print(" ".join(str(p.pid) for p in pool.procs), flush=True)
+            await asyncio.sleep(3600)
+        asyncio.run(main())
+    """)
+    node = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=os.getcwd())
+    try:
+        pids = [int(p) for p in node.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, 0)  # running
+    finally:
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        node.stdout.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                # Reaped by init once it exits; until then a zombie counts as gone.
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(") ")[1].startswith("Z"):
+                        alive.discard(pid)
+            except FileNotFoundError:
+                alive.discard(pid)
+        time.sleep(0.05)
+    assert not alive, f"signature workers {alive} outlived their node"
