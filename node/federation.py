@@ -1096,18 +1096,23 @@ class Federation:
             self.node.node_key,
         )
 
+        stored: list[str] = []
+
         async def run(db: aiosqlite.Connection) -> None:
             await db.execute(  # a concurrent twin of this request already stored one: keep it
                 "INSERT OR IGNORE INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
                 (attempt_id, order.id, fulfilment, json.dumps(quote.to_json())),
             )
+            # Read back in the same transaction: the reader connection may still be in an
+            # older snapshot (held by another request's statement in progress on it).
+            async with db.execute("SELECT doc FROM quotes WHERE id = ?", (attempt_id,)) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            stored.append(row[0])
 
         assert self.node.writer is not None
         await self.node.writer.write(run)  # stored before the quote leaves this node
-        async with db.execute("SELECT doc FROM quotes WHERE id = ?", (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return parse_signed(json.loads(row[0]), frozenset({"quote"}))  # the one stored
+        return parse_signed(json.loads(stored[0]), frozenset({"quote"}))  # the one stored
 
     async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed | None:
         """Our FULFIL or REJECT for a PREPARE; None while it is still pending downstream
