@@ -72,6 +72,14 @@ async def read_body(request: web.Request, cap: int) -> bytes:
         return request[BODY]
     if request.content_length is not None and request.content_length > cap:
         raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+    if request.content.is_eof():
+        # The whole body is already here (a small one arrives with its headers): take it
+        # without a timer, which costs more than the read (a few % of a transfer's CPU).
+        whole = request.content.read_nowait()
+        if len(whole) > cap:
+            raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
+        request[BODY] = whole
+        return whole
     seconds = request.app[NODE].config.api.body_timeout_seconds
     data = bytearray()
     try:
