@@ -195,7 +195,8 @@ class SigWorkers:
 
     async def _proc(self, i: int) -> asyncio.subprocess.Process:
         proc = self.procs[i]
-        if proc is not None and proc.returncode is None:
+        if (proc is not None and proc.returncode is None and proc.stdin is not None
+                and not proc.stdin.is_closing()):
             return proc
         starting = self.starting[i]
         if starting is None:
@@ -242,6 +243,10 @@ class SigWorkers:
                 if not future.done():
                     future.set_exception(RuntimeError("a signature worker stopped"))
             self.load[i] = 0
+            if self.procs[i] is proc:
+                # Gone from here on, even before its exit status is known: the next job
+                # starts another worker instead of writing to this one's pipe.
+                self.procs[i] = None
             if proc.returncode is None:
                 proc.kill()
 
@@ -411,8 +416,7 @@ class Node:
             raise storage.StorageError(
                 f"{self.data_dir / NODE_KEY} is not the key this ledger's genesis names"
             )
-        self.reader = await aiosqlite.connect(path, isolation_level=None)
-        await self.reader.execute("PRAGMA query_only=ON")
+        self.reader = await storage.open_reader(path)
         policy = Policy(max_valid_window_ms=self.config.ledger.max_valid_window_seconds * 1000)
         self.writer = Writer(
             self.db,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from aiosqlite.context import Result
 
 from crypto import merkle
 from crypto.keys import PublicKey
@@ -37,6 +38,76 @@ def _migrations() -> list[tuple[int, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             out.append((int(name[:4]), item.read_text()))
     return sorted(out)
+
+
+class Rows:
+    """The rows of a query that has already run to its end, read like an aiosqlite cursor
+    (``fetchone``, ``fetchall``, ``fetchmany``, ``async for``, ``async with``)."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+        self._at = 0
+
+    async def fetchone(self) -> Any:
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    async def fetchmany(self, size: int = 64) -> list[Any]:
+        rows = self._rows[self._at : self._at + size]
+        self._at += len(rows)
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        rows = self._rows[self._at :]
+        self._at = len(self._rows)
+        return rows
+
+    def __aiter__(self) -> Rows:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._at >= len(self._rows):
+            raise StopAsyncIteration
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    async def close(self) -> None:
+        pass
+
+
+class ReadConnection(aiosqlite.Connection):
+    """The node's shared read-only connection, on which every query runs to its end in one
+    hop: ``execute`` returns its rows, not a cursor in progress.
+
+    On one SQLite connection a read transaction lasts while *any* statement on it is in
+    progress. With a cursor held across an await (between ``execute`` and ``fetchone``, or
+    through ``async for``), every other request's query on the shared connection would read
+    that cursor's snapshot, possibly older than a commit it already saw acknowledged. Here no
+    statement outlives its hop, so each query reads the latest commit."""
+
+    def execute(  # type: ignore[override]
+        self, sql: str, parameters: Any = None
+    ) -> Result[Rows]:
+        return Result(self._run(sql, () if parameters is None else parameters))
+
+    async def _run(self, sql: str, parameters: Any) -> Rows:
+        rows: list[Any] = await self._execute(  # type: ignore[no-untyped-call]
+            lambda: self._conn.execute(sql, parameters).fetchall())
+        return Rows(rows)
+
+
+async def open_reader(path: Path) -> ReadConnection:
+    """A ``ReadConnection`` to the database at ``path``, in query-only mode."""
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(str(path), isolation_level=None)
+
+    reader = ReadConnection(connect, 64)
+    await reader  # starts its thread and connects
+    await reader.execute("PRAGMA query_only=ON")
+    return reader
 
 
 async def open_db(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection:

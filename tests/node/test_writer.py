@@ -47,3 +47,24 @@ async def test_concurrent_batches_keep_order_and_limits(coop: Collective) -> Non
     indexes = sorted(o.index or 0 for o in oks)
     assert indexes == list(range(indexes[0], indexes[0] + len(oks)))
     assert (await balances(coop))["alice"] == -30 * len(oks)
+
+
+async def test_a_read_sees_every_acknowledged_commit_while_another_read_is_half_done(
+        coop: Collective) -> None:
+    """A request that reads after its write was acknowledged sees it, even while another
+    request is part-way through reading many rows from the shared read connection (on one
+    SQLite connection, a statement in progress would hold every query to its old snapshot)."""
+    w = the_writer(coop)
+    for _ in range(3):
+        await w.submit(*event(transfer(coop, coop.alice, "alice", "bob", 1))[:2])
+    reader = coop.node.reader
+    assert reader is not None
+    async with reader.execute("SELECT idx FROM log ORDER BY idx") as scan:
+        first = await scan.fetchone()  # another request, paused part-way through its rows
+        assert first is not None
+        outcome = await w.submit(*event(transfer(coop, coop.alice, "alice", "bob", 1))[:2])
+        assert outcome.code.value == "ok"
+        async with reader.execute("SELECT idx FROM log WHERE idx = ?", (outcome.index,)) as cur:
+            assert await cur.fetchone() == (outcome.index,)
+        rest = await scan.fetchall()
+    assert len(rest) >= 3
