@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
-from node.client import TallyClient, TallyError
+from node.client import CanonicalBody, TallyClient, TallyError
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -88,7 +89,8 @@ class PaymentRecord:
     # One event at a time: the ticker and the task sending PREPARE may both want to decide.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def to_json(self) -> dict[str, Any]:
+    def _state_json(self) -> dict[str, Any]:
+        """Everything but the signed messages."""
         p = self.payment
         return {
             "id": p.id, "role": p.role.value, "condition": p.condition.hex(),
@@ -97,11 +99,23 @@ class PaymentRecord:
             "outbound": p.outbound.value if p.outbound else None,
             "outbound_expiry": p.outbound_expiry, "decision_acked": p.decision_acked,
             "hold": p.hold, "fulfilment": p.fulfilment.hex() if p.fulfilment else None,
-            "prepare": self.prepare.to_json(), "peer": self.peer,
-            "answer": self.answer.to_json() if self.answer else None, "result": self.result,
-            "forward": self.forward.to_json() if self.forward else None,
-            "upstream": self.upstream,
+            "peer": self.peer, "result": self.result, "upstream": self.upstream,
         }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._state_json(), "prepare": self.prepare.to_json(),
+                "answer": self.answer.to_json() if self.answer else None,
+                "forward": self.forward.to_json() if self.forward else None}
+
+    def to_doc(self) -> str:
+        """``json.dumps(self.to_json())``, with the signed messages spliced in from their
+        cached canonical bytes: a record is stored at every step of a payment, and its
+        PREPAREs (each carrying the order and the quote) need not be encoded every time."""
+        head = json.dumps(self._state_json())
+        signed = ",".join(f'"{name}":{s.canonical.decode("ascii") if s else "null"}'
+                          for name, s in (("prepare", self.prepare), ("answer", self.answer),
+                                          ("forward", self.forward)))
+        return f"{head[:-1]},{signed}}}"
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PaymentRecord:
@@ -156,6 +170,17 @@ RETRY_ON_ANOTHER_ROUTE = frozenset({
     ResultCode.exceeds_max_pay,
 })
 MAX_LEARNED_LINES = 2000
+
+
+def _body(**fields: Any) -> CanonicalBody:
+    """A node-to-node request body in canonical form: signed messages spliced in from their
+    cached canonical bytes (a PREPARE carries the order and the quote), the rest encoded."""
+    parts = []
+    for name in sorted(fields):  # ASCII names: sorted as RFC 8785 sorts them
+        value = fields[name]
+        raw = value.canonical if isinstance(value, Signed) else canonical_json(value)
+        parts.append(b'"' + name.encode("ascii") + b'":' + raw)
+    return CanonicalBody(b"{" + b",".join(parts) + b"}")
 
 
 def _peer_refusal(exc: TallyError, what: str) -> FederationError:
@@ -275,7 +300,7 @@ class Federation:
         await self.node.writer.write(run)
 
     async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
-        doc = json.dumps(record.to_json())
+        doc = record.to_doc()
         finished = 1 if record.payment.finished else 0
         now = self.now()
 
@@ -327,7 +352,8 @@ class Federation:
             await self._set_meta(f"peer_url:{key.key_id}", url)
             self.peer_urls[key.key_id] = url
 
-    async def _peer_post(self, key_id: str, path: str, body: dict[str, Any]) -> Any:
+    async def _peer_post(self, key_id: str, path: str,
+                         body: dict[str, Any] | CanonicalBody) -> Any:
         client = self.client_for(key_id)
         return (await client._request("POST", path, body, signed=True, idempotent=False))[1]
 
@@ -628,9 +654,8 @@ class Federation:
         attempt_id = os.urandom(16).hex()
         path = route.nodes[2:]
         try:
-            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", {
-                "order": order_signed.to_json(), "attempt": attempt_id,
-                "path": [k.text for k in path]})
+            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", _body(
+                order=order_signed, attempt=attempt_id, path=[k.text for k in path]))
         except TallyError as exc:
             raise _peer_refusal(exc, "the payee's collective refused to quote") from exc
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
@@ -714,7 +739,7 @@ class Federation:
                 break
             try:
                 answer = await self._peer_post(record.peer, "/v1/peer/prepare",
-                                               {"prepare": record.outbound.to_json()})
+                                               _body(prepare=record.outbound))
             except TallyError as exc:
                 if exc.status and 400 <= exc.status < 500 and exc.code != "rate_limited":
                     # Not a signed REJECT, so not a definite answer: keep asking until the
@@ -976,8 +1001,7 @@ class Federation:
         outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
         decision = sign_message(Decision(record.payment.id, outcome), self.node.node_key)
         try:
-            await self._peer_post(record.peer, "/v1/peer/decision",
-                                  {"decision": decision.to_json()})
+            await self._peer_post(record.peer, "/v1/peer/decision", _body(decision=decision))
         except TallyError as exc:
             log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
             return
@@ -1051,9 +1075,8 @@ class Federation:
             if (path[-1] if path else nxt) != order.payee_node:
                 raise FederationError(ResultCode.no_route, "the path does not end at the payee")
             try:
-                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", {
-                    "order": order_signed.to_json(), "attempt": attempt_id,
-                    "path": [k.text for k in path[1:]]})
+                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", _body(
+                    order=order_signed, attempt=attempt_id, path=[k.text for k in path[1:]]))
                 quote = parse_signed(answer["quote"], frozenset({"quote"}))
             except TallyError as exc:
                 raise _peer_refusal(exc, "the next collective refused to quote") from exc

@@ -9,14 +9,17 @@ that move nothing anywhere, and a second route taken when the first is down.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from crypto.canonical import canonical_json
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
+from node.federation import PaymentRecord, _body
 from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, peer_handle
 from protocol.ledger import invariant_violations
 from protocol.messages import sign_message
@@ -95,6 +98,26 @@ async def test_a_member_pays_through_a_collective_in_between(net: Net) -> None:
     # The payer's node and the payee's show the same order, each its own side of it.
     status = await alice.payment(receipt["order"])
     assert [x["result"]["result"] for x in status["attempts"]] == ["ok"]
+
+
+async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_exactly(
+        net: Net) -> None:
+    """The records and request bodies are spliced from the messages' cached canonical bytes:
+    they must read back as the very messages, and a body must be the canonical form."""
+    a, b, c = net.a, net.b, net.c
+    receipt = await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 300, 150)
+    assert receipt["result"] == "ok"
+    await settled(a, b, c)
+    db = b.node.reader
+    assert db is not None
+    async with db.execute("SELECT doc FROM payments") as cur:
+        docs = [json.loads(row[0]) async for row in cur]
+    assert [d["role"] for d in docs] == ["intermediary"]
+    record = PaymentRecord.from_json(docs[0])
+    assert json.loads(record.to_doc()) == record.to_json() == docs[0]
+    assert record.forward is not None and record.answer is not None
+    assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
+        {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:
