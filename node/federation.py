@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
+from node.writer import in_db_thread
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -88,6 +90,7 @@ class PaymentRecord:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # One event at a time: the ticker and the task sending PREPARE may both want to decide.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sending_decision: bool = False  # one DECISION in flight: the ticker does not send a twin
 
     def _state_json(self) -> dict[str, Any]:
         """Everything but the signed messages."""
@@ -998,15 +1001,24 @@ class Federation:
             return
         if record.payment.decision_acked:
             return
+        if record.sending_decision:
+            return
         outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
         decision = sign_message(Decision(record.payment.id, outcome), self.node.node_key)
+        record.sending_decision = True
         try:
-            await self._peer_post(record.peer, "/v1/peer/decision", _body(decision=decision))
-        except TallyError as exc:
-            log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
-            return
-        record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
-        await self._store(record)
+            try:
+                await self._peer_post(record.peer, "/v1/peer/decision", _body(decision=decision))
+            except TallyError as exc:
+                log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
+                return
+            # Under the lock: an intermediary may be handling its upstream's DECISION
+            # meanwhile, and must not store its inbound outcome over this acknowledgement.
+            async with record.lock:
+                record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
+                await self._store(record)
+        finally:
+            record.sending_decision = False
 
     async def _ticker(self) -> None:
         """Time passes: void what expired, resend what is unacknowledged."""
@@ -1098,39 +1110,41 @@ class Federation:
             raise FederationError(ResultCode.account_not_found, f"no member {order.payee!r} here")
         if payee.status != "open":
             raise FederationError(ResultCode.account_closed, f"{order.payee!r} is closed")
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1",
-                              (order.id,)) as cur:
-            if await cur.fetchone():
-                raise FederationError(ResultCode.exists, "this order was already paid")
-        async with db.execute("SELECT order_id, doc FROM quotes WHERE id = ?",
-                              (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        if row is not None:  # a repeated request: the same quote again, never a second one
-            if row[0] != order.id:
-                raise FederationError(ResultCode.exists_with_different_fields,
-                                      "that attempt id was quoted for another order")
-            return parse_signed(json.loads(row[1]), frozenset({"quote"}))
+        rows = await self._read(  # this attempt's quote, and any fulfilled one of the order
+            "SELECT id, order_id, doc, fulfilled FROM quotes WHERE id = ? OR order_id = ?",
+            (attempt_id, order.id))
+        if any(row[1] == order.id and row[3] for row in rows):
+            raise FederationError(ResultCode.exists, "this order was already paid")
+        for row in rows:
+            if row[0] == attempt_id:  # a repeated request: the same quote again, never another
+                if row[1] != order.id:
+                    raise FederationError(ResultCode.exists_with_different_fields,
+                                          "that attempt id was quoted for another order")
+                return parse_signed(json.loads(row[2]), frozenset({"quote"}))
         fulfilment = os.urandom(32)
         quote = sign_message(
             Quote(attempt_id, order.id, sender, order.payee, order.amount,
                   condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms),
             self.node.node_key,
         )
+        doc = quote.canonical.decode("ascii")
+        stored: list[str] = []
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(  # a concurrent twin of this request already stored one: keep it
+                "INSERT OR IGNORE INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
+                (attempt_id, order.id, fulfilment, doc))
+            stored.append(conn.execute("SELECT doc FROM quotes WHERE id = ?",
+                                       (attempt_id,)).fetchone()[0])
 
         async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(  # a concurrent twin of this request already stored one: keep it
-                "INSERT OR IGNORE INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
-                (attempt_id, order.id, fulfilment, json.dumps(quote.to_json())),
-            )
+            await in_db_thread(db, insert)
 
         assert self.node.writer is not None
         await self.node.writer.write(run)  # stored before the quote leaves this node
-        async with db.execute("SELECT doc FROM quotes WHERE id = ?", (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return parse_signed(json.loads(row[0]), frozenset({"quote"}))  # the one stored
+        if stored[0] == doc:
+            return quote
+        return parse_signed(json.loads(stored[0]), frozenset({"quote"}))  # the twin's
 
     async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed | None:
         """Our FULFIL or REJECT for a PREPARE; None while it is still pending downstream
@@ -1234,24 +1248,19 @@ class Federation:
         record = await self._record_of(p)
         if record is not None and record.answer is not None:
             return record.answer  # idempotent: the same answer again
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT fulfilment, order_id FROM quotes WHERE id = ?",
-                              (p.id,)) as cur:
-            row = await cur.fetchone()
+        rows = await self._read(  # this attempt's quote, and the other quotes of its order
+            "SELECT id, fulfilment, order_id, fulfilled FROM quotes WHERE id = ? OR order_id = "
+            "(SELECT order_id FROM quotes WHERE id = ?)", (p.id, p.id))
+        row = next((r for r in rows if r[0] == p.id), None)
         if row is None:
             return await self._refuse_prepare(signed, "quote_mismatch", "no quote for this attempt")
-        fulfilment, order_id = bytes(row[0]), row[1]
+        fulfilment, order_id = bytes(row[1]), row[2]
         if order_id != p.order.msg.id:  # type: ignore[union-attr]
             return await self._refuse_prepare(signed, "quote_mismatch",
                                               "that quote was made for another order")
-        async with db.execute(
-            "SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1 AND id != ?",
-            (order_id, p.id),
-        ) as cur:
-            if await cur.fetchone():
-                return await self._refuse_prepare(signed, "exists",
-                                                  "another attempt of this order was paid")
+        if any(r[0] != p.id and r[3] for r in rows):
+            return await self._refuse_prepare(signed, "exists",
+                                              "another attempt of this order was paid")
         if p.expires_at - self.now() < self.cfg.margin_ms // 4:
             return await self._refuse_prepare(signed, "insufficient_time",
                                               "too little time left to settle safely")
@@ -1366,11 +1375,15 @@ class Federation:
         return record
 
     async def _load_record(self, attempt_id: str) -> PaymentRecord | None:
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT doc FROM payments WHERE id = ?", (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        return PaymentRecord.from_json(json.loads(row[0])) if row else None
+        rows = await self._read("SELECT doc FROM payments WHERE id = ?", (attempt_id,))
+        return PaymentRecord.from_json(json.loads(rows[0][0])) if rows else None
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one query on the reading connection, in one hop to its thread (not one
+        each for the query, the fetch and the cursor's close)."""
+        assert self.node.reader is not None
+        return await in_db_thread(self.node.reader,
+                                  lambda conn: conn.execute(sql, params).fetchall())
 
     async def payment_status(self, order_id: str) -> list[dict[str, Any]]:
         db = self.node.reader

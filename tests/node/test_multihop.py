@@ -9,10 +9,12 @@ that move nothing anywhere, and a second route taken when the first is down.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +120,33 @@ async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_
     assert record.forward is not None and record.answer is not None
     assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
         {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
+
+
+async def test_each_line_gets_one_decision_per_payment(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream sends its DECISION until acknowledged, and no more: not a second copy
+    because the ticker came by while it was in flight, nor because the intermediary's own
+    upstream DECISION, handled meanwhile, stored the record over the acknowledgement."""
+    a, b, c = net.a, net.b, net.c
+    received: list[tuple[str, str]] = []
+    for side in (b, c):
+        original = side.fed.receive_decision
+
+        async def counting(signed: Any, sender: Any, side: Side = side,
+                           original: Any = original) -> Any:
+            received.append((side.name, signed.msg.id))
+            return await original(signed, sender)
+
+        monkeypatch.setattr(side.fed, "receive_decision", counting)
+    alice = a.member("alice")
+    receipts = await asyncio.gather(*(
+        alice.pay_remote("alice", "cy", c.node_key.public, 10, 5) for _ in range(8)))
+    assert [r["result"] for r in receipts] == ["ok"] * 8
+    await settled(a, b, c)
+    await asyncio.sleep(1.2)  # two more rounds of the ticker, which resends what is unacked
+    attempts = {r["attempt"] for r in receipts}
+    assert sorted(received) == sorted((name, x) for x in attempts for name in (b.name, c.name))
+    assert not b.fed.payments and not a.fed.payments  # every decision acknowledged, stored
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:
