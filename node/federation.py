@@ -55,7 +55,7 @@ from protocol.federation import (
     condition_of,
 )
 from protocol.ledger import Outcome
-from protocol.lines import is_suspension_of, settlement_refusal
+from protocol.lines import SIGNATURES, is_suspension_of, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
 from protocol.reconcile import compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
@@ -323,10 +323,20 @@ class Federation:
             self.payments[record.payment.id] = record
 
     async def _log(self, signed: Signed) -> Outcome:
-        """Apply a federation entry through the writer (signatures checked first)."""
-        check = (await self.node.verify([signed]))[0]
+        """Apply a federation entry through the writer (signatures checked first, unless
+        this node signed it or checked those very bytes already)."""
+        check = SIGNATURES.get(signed)
+        if check is None:
+            check = (await self.node.verify([signed]))[0]
+            SIGNATURES.remember(signed, check)
         assert self.node.writer is not None
         return await self.node.writer.submit(signed, check)
+
+    def _sign(self, msg: Any) -> Signed:
+        """``msg`` signed by this node; remembered as verified (``_log`` need not check it)."""
+        signed = sign_message(msg, self.node.node_key)
+        SIGNATURES.remember(signed, (frozenset((self.key,)), True))
+        return signed
 
     # --- peers ----------------------------------------------------------------------------
 
@@ -613,7 +623,7 @@ class Federation:
         payer = state.accounts.get(order.payer)
         if payer is None or payer.kind != "member":
             raise FederationError(ResultCode.account_not_found, f"no member {order.payer!r}")
-        good, _ = order_signed.verified_signers()
+        good, _ = SIGNATURES.check(order_signed)
         if payer.key not in good or len(order_signed.sigs) != 1:
             raise FederationError(ResultCode.bad_signature, "the order is not signed by the payer")
         if order.valid_until <= self.now():
@@ -664,7 +674,7 @@ class Federation:
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
         quote = quote_signed.msg
         assert isinstance(quote, Quote)
-        qgood, qall = quote_signed.verified_signers()
+        qgood, qall = SIGNATURES.check(quote_signed)
         if not qall or order.payee_node not in qgood or (quote.order, quote.id) != (
                 order.id, attempt_id) or quote.amount < order.amount:
             raise FederationError(ResultCode.quote_mismatch, "the quote is not valid for this order")
@@ -685,12 +695,10 @@ class Federation:
             raise FederationError(ResultCode.insufficient_time,
                                   "too little time left before the order or quote expires")
         self._risk_check(line, amount_from, expires)
-        prepare = sign_message(
+        prepare = self._sign(
             Prepare(attempt_id, line.id, self.key, peer, amount_from,
                     line.convert(amount_from, side), quote.condition, expires, order_signed,
-                    quote_signed, path),
-            self.node.node_key,
-        )
+                    quote_signed, path))
         record = PaymentRecord(
             sm.start_source(attempt_id, bytes.fromhex(quote.condition), expires), prepare,
             peer.key_id,
@@ -774,7 +782,7 @@ class Federation:
         except MessageError as exc:
             raise FederationError(ResultCode.invalid_field,
                                   f"the peer's {kind.upper()} is malformed: {exc}") from exc
-        good, all_good = signed.verified_signers()
+        good, all_good = SIGNATURES.check(signed)  # checked once: _log needs it again
         peer_key = record.outbound.msg.to_node  # type: ignore[union-attr]
         if not all_good or peer_key not in good or signed.msg.id != record.payment.id:  # type: ignore[union-attr]
             raise FederationError(ResultCode.bad_signature, "the answer is not the peer's")
@@ -853,8 +861,7 @@ class Federation:
                     await self._dispute("loss", record, fulfil)
                 else:
                     record.payment = replace(record.payment, inbound=sm.In.fulfilled)
-                    record.answer = sign_message(Fulfil(p.id, fulfilment.hex()),
-                                                 self.node.node_key)
+                    record.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
         else:
             reject = await self._logged(f"reject/{p.id}/{p.to_node.key_id}")
             record.payment = replace(payment, outbound=sm.Out.voided, hold="voided")
@@ -888,9 +895,8 @@ class Federation:
         assert isinstance(p, Prepare)
         # After a restart the REJECT may be logged already: the same one goes upstream again.
         logged = await self._logged(f"reject/{p.id}/{self.key.key_id}")
-        reject = logged if logged is not None else sign_message(
-            Reject(p.id, code if code in ResultCode.__members__ else "rejected", detail[:500]),
-            self.node.node_key)
+        reject = logged if logged is not None else self._sign(
+            Reject(p.id, code if code in ResultCode.__members__ else "rejected", detail[:500]))
         outcome = await self._log(reject)
         if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
             log.warning("could not void inbound hold %s: %s", p.id, outcome.detail)
@@ -930,11 +936,10 @@ class Federation:
                 self._check_logged(outcome, p.id)
             elif isinstance(action, sm.ApplyVoid):
                 entry = signed if isinstance(event, sm.RejectReceived) and signed is not None \
-                    else sign_message(Decision(p.id, "void"), self.node.node_key)
+                    else self._sign(Decision(p.id, "void"))
                 self._check_logged(await self._log(entry), p.id)
             elif isinstance(action, sm.SendFulfil):
-                record.answer = sign_message(Fulfil(p.id, action.fulfilment.hex()),
-                                             self.node.node_key)
+                record.answer = self._sign(Fulfil(p.id, action.fulfilment.hex()))
             elif isinstance(action, sm.SendReject):
                 await self._reject_upstream(record, action.code,
                                             reason or "the payment failed downstream")
@@ -1004,7 +1009,7 @@ class Federation:
         if record.sending_decision:
             return
         outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
-        decision = sign_message(Decision(record.payment.id, outcome), self.node.node_key)
+        decision = self._sign(Decision(record.payment.id, outcome))
         record.sending_decision = True
         try:
             try:
@@ -1096,7 +1101,7 @@ class Federation:
                 raise FederationError(ResultCode.quote_mismatch,
                                       "the next collective sent no valid quote") from exc
             q = quote.msg
-            good, all_good = quote.verified_signers()
+            good, all_good = SIGNATURES.check(quote)
             if not isinstance(q, Quote) or not all_good or order.payee_node not in good or \
                     (q.order, q.id) != (order.id, attempt_id):
                 raise FederationError(ResultCode.quote_mismatch,
@@ -1122,11 +1127,9 @@ class Federation:
                                           "that attempt id was quoted for another order")
                 return parse_signed(json.loads(row[2]), frozenset({"quote"}))
         fulfilment = os.urandom(32)
-        quote = sign_message(
+        quote = self._sign(
             Quote(attempt_id, order.id, sender, order.payee, order.amount,
-                  condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms),
-            self.node.node_key,
-        )
+                  condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms))
         doc = quote.canonical.decode("ascii")
         stored: list[str] = []
 
@@ -1194,12 +1197,10 @@ class Federation:
                 nxt = p.path[0]
                 side = line_down.side(self.key)
                 assert side is not None
-                forward = sign_message(
+                forward = self._sign(
                     Prepare(p.id, line_down.id, self.key, nxt, p.amount_to,
                             line_down.convert(p.amount_to, side), p.condition, out_expiry,
-                            p.order, p.quote, p.path[1:]),
-                    self.node.node_key,
-                )
+                            p.order, p.quote, p.path[1:]))
                 record = PaymentRecord(
                     sm.start_intermediary(p.id, bytes.fromhex(p.condition), p.expires_at,
                                           out_expiry),
@@ -1281,7 +1282,7 @@ class Federation:
         record.payment = new
         if any(isinstance(a, sm.ApplyVoid) for a in actions):  # expired meanwhile
             return await self._destination_reject(record, "expired", "expired on arrival")
-        record.answer = sign_message(Fulfil(p.id, fulfilment.hex()), self.node.node_key)
+        record.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
 
         async def mark(db: aiosqlite.Connection) -> None:
             await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
@@ -1294,8 +1295,8 @@ class Federation:
                               role: sm.Role = sm.Role.destination) -> Signed:
         p = signed.msg
         assert isinstance(p, Prepare)
-        reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
-                                     detail[:500]), self.node.node_key)
+        reject = self._sign(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
+                                   detail[:500]))
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, p.from_node.key_id)
@@ -1314,7 +1315,7 @@ class Federation:
     async def _destination_reject(self, record: PaymentRecord, code: str, detail: str) -> Signed:
         p = record.prepare.msg
         assert isinstance(p, Prepare)
-        reject = sign_message(Reject(p.id, code, detail), self.node.node_key)
+        reject = self._sign(Reject(p.id, code, detail))
         outcome = await self._log(reject)  # void our inbound hold, if there is one
         if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
             log.warning("could not void hold %s: %s", p.id, outcome.detail)
