@@ -601,8 +601,7 @@ class Federation:
     # --- the source -------------------------------------------------------------------------
 
     def _risk_check(self, line: Line, amount: int, expires_at: int) -> None:
-        held = [h for h in self.node.ledger.holds.values()
-                if h.line == line.id and h.state == "held"]
+        held = [h for h in self.node.ledger.open_holds.values() if h.line == line.id]
         if len(held) >= self.cfg.max_in_flight_count:
             raise FederationError(ResultCode.overloaded,
                                   "too many payments in flight on this line; retry shortly")

@@ -453,9 +453,9 @@ def _hold(state: LedgerState, signed: Signed, key: str, debit: Account, credit: 
     debit.pending_debit += amount
     credit.pending_credit += amount
     hold_key = f"{p.id}/{'out' if outbound else 'in'}"
-    state.holds[hold_key] = Hold(hold_key, p.line, debit.handle, credit.handle, amount,
-                                 p.condition, p.expires_at, counterparty,
-                                 peer_amount=peer_amount)
+    state.holds[hold_key] = state.open_holds[hold_key] = Hold(
+        hold_key, p.line, debit.handle, credit.handle, amount, p.condition, p.expires_at,
+        counterparty, peer_amount=peer_amount)
     return _record(state, key, digest(signed), (debit.handle, credit.handle))
 
 
@@ -522,6 +522,7 @@ def _resolve(
     debit, credit = state.accounts[hold.debit], state.accounts[hold.credit]
     debit.pending_debit -= hold.amount
     credit.pending_credit -= hold.amount
+    del state.open_holds[hold.key]
     postings: tuple[tuple[str, int, str], ...] = ()
     if outcome == "post":
         debit.balance -= hold.amount

@@ -28,6 +28,7 @@ import pytest
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import SecretKey, b64url, read_key_file
+from node import storage
 from node.client import TallyClient, TallyError, new_id
 from node.config import ApiSettings, Config, FederationSettings
 from node.federation import Federation
@@ -42,6 +43,7 @@ from protocol.federation import (
     Quote,
     peer_handle,
 )
+from protocol.ledger import invariant_violations
 from protocol.messages import Signed, Unit, parse_message, parse_signed, sign_message
 
 # A payment the credit line has no room for (the line's own code, or the peer account's).
@@ -759,6 +761,40 @@ async def test_a_source_stopped_after_logging_the_fulfilment_resumes_it_as_paid(
         == (67, -100)
     status = await a.member("alice").payment(order_ids[0])
     assert [(x["hold"], x["result"]["result"]) for x in status["attempts"]] == [("posted", "ok")]
+
+
+async def test_the_payments_in_flight_are_the_holds_still_held_also_when_reloaded(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The risk limits count the holds still held, from an index beside every hold ever
+    made: it follows each hold as it is made and voided, and a restart rebuilds it from the
+    stored holds."""
+    a, b = linked.a, linked.b
+    original = a.fed._peer_post
+
+    async def b_unreachable(key_id: str, path: str, body: Any) -> Any:
+        if path == "/v1/peer/prepare":
+            raise TallyError("unreachable", "B is away for this test")
+        return await original(key_id, path, body)
+
+    monkeypatch.setattr(a.fed, "_peer_post", b_unreachable)
+    paying = asyncio.create_task(
+        a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100))
+    deadline = time.monotonic() + 5
+    while not a.held():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    (key,) = a.held()
+    assert list(a.node.ledger.open_holds) == [key]
+    assert a.node.reader is not None
+    reloaded = await storage.load_state(a.node.reader)  # what a restart would start from
+    assert list(reloaded.open_holds) == [key] and invariant_violations(reloaded) == []
+    err = await refused(paying)  # B never answers: A voids at the expiry
+    assert err.code == "expired"
+    assert a.node.ledger.open_holds == {} and a.node.ledger.holds[key].state == "voided"
+    assert invariant_violations(a.node.ledger) == []
+    reloaded = await storage.load_state(a.node.reader)
+    assert reloaded.open_holds == {} and invariant_violations(reloaded) == []
 
 
 async def test_a_source_stopped_before_holding_resumes_the_payment_on_both_books(
