@@ -39,7 +39,7 @@ from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
-from node.writer import in_db_thread
+from node.writer import EventRequest, OpRequest, in_db_thread
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -54,7 +54,7 @@ from protocol.federation import (
     Statement,
     condition_of,
 )
-from protocol.ledger import Outcome
+from protocol.ledger import Outcome, SigCheck
 from protocol.lines import SIGNATURES, is_suspension_of, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
 from protocol.reconcile import compare, signer_ok, statement
@@ -302,7 +302,8 @@ class Federation:
         assert self.node.writer is not None
         await self.node.writer.write(run)
 
-    async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
+    def _storing(self, record: PaymentRecord, extra: Any = None) -> OpRequest:
+        """The writer's request that stores ``record`` as it is now (and runs ``extra``)."""
         doc = record.to_doc()
         finished = 1 if record.payment.finished else 0
         now = self.now()
@@ -315,22 +316,46 @@ class Federation:
             if extra is not None:
                 await extra(db)
 
-        assert self.node.writer is not None
-        await self.node.writer.write(run)
-        if finished:
+        return OpRequest(run)
+
+    def _stored(self, record: PaymentRecord) -> None:
+        if record.payment.finished:
             self.payments.pop(record.payment.id, None)
         else:
             self.payments[record.payment.id] = record
 
+    async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
+        assert self.node.writer is not None
+        request = self._storing(record, extra)
+        self.node.writer.submit_nowait(request)
+        await request.future
+        self._stored(record)
+
+    async def _store_and_log(self, record: PaymentRecord, signed: Signed) -> Outcome:
+        """Store ``record``, then log ``signed`` (a hold it knows of): queued together, so
+        that the writer commits both in one transaction — or, at the edge of a batch, the
+        record first, as ``_store`` then ``_log`` would. One commit to wait for, not two."""
+        check = await self._check(signed)
+        assert self.node.writer is not None
+        store, entry = self._storing(record), EventRequest(signed, check)
+        self.node.writer.submit_all([store, entry])
+        await store.future
+        self._stored(record)
+        return await entry.future
+
     async def _log(self, signed: Signed) -> Outcome:
         """Apply a federation entry through the writer (signatures checked first, unless
         this node signed it or checked those very bytes already)."""
+        check = await self._check(signed)
+        assert self.node.writer is not None
+        return await self.node.writer.submit(signed, check)
+
+    async def _check(self, signed: Signed) -> SigCheck:
         check = SIGNATURES.get(signed)
         if check is None:
             check = (await self.node.verify([signed]))[0]
             SIGNATURES.remember(signed, check)
-        assert self.node.writer is not None
-        return await self.node.writer.submit(signed, check)
+        return check
 
     def _sign(self, msg: Any) -> Signed:
         """``msg`` signed by this node; remembered as verified (``_log`` need not check it)."""
@@ -702,8 +727,8 @@ class Federation:
             sm.start_source(attempt_id, bytes.fromhex(quote.condition), expires), prepare,
             peer.key_id,
         )
-        await self._store(record)  # before the hold: recovery finds it either way
-        outcome = await self._log(prepare)
+        # The record no later than the hold: recovery finds it either way.
+        outcome = await self._store_and_log(record, prepare)
         if outcome.code not in (ResultCode.ok, ResultCode.exists):
             record.payment = sm.Payment(record.payment.id, sm.Role.source,
                                         record.payment.condition, outbound=sm.Out.voided,
@@ -1208,8 +1233,8 @@ class Federation:
                 # stored and the inbound hold not yet logged (it would ack a void of a hold
                 # that then appears).
                 async with record.lock:
-                    await self._store(record)  # before either hold: recovery finds it
-                    outcome = await self._log(signed)
+                    # The record no later than either hold: recovery finds it.
+                    outcome = await self._store_and_log(record, signed)
                     if outcome.code not in (ResultCode.ok, ResultCode.exists):
                         return await self._refuse_prepare(signed, outcome.code.value,
                                                           outcome.detail, record,
@@ -1273,8 +1298,9 @@ class Federation:
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, sender.key_id)
-            await self._store(record)
-        outcome = await self._log(signed)
+            outcome = await self._store_and_log(record, signed)
+        else:
+            outcome = await self._log(signed)
         if outcome.code not in (ResultCode.ok, ResultCode.exists):
             return await self._refuse_prepare(signed, outcome.code.value, outcome.detail, record)
         new, actions = sm.step(record.payment, sm.LocalFulfil(fulfilment), self.now())
