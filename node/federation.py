@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -302,13 +303,17 @@ class Federation:
         assert self.node.writer is not None
         await self.node.writer.write(run)
 
-    def _storing(self, record: PaymentRecord, extra: Any = None) -> OpRequest:
-        """The writer's request that stores ``record`` as it is now (and runs ``extra``)."""
+    def _storing(self, record: PaymentRecord, extra: Any = None,
+                 only_if: Any = None) -> OpRequest:
+        """The writer's request that stores ``record`` as it is now (and runs ``extra``);
+        with ``only_if``, only if that returns True when the writer runs it."""
         doc = record.to_doc()
         finished = 1 if record.payment.finished else 0
         now = self.now()
 
         async def run(db: aiosqlite.Connection) -> None:
+            if only_if is not None and not only_if():
+                return
             await db.execute(
                 "INSERT OR REPLACE INTO payments (id, doc, finished, updated) VALUES (?, ?, ?, ?)",
                 (record.payment.id, doc, finished, now),
@@ -330,6 +335,47 @@ class Federation:
         self.node.writer.submit_nowait(request)
         await request.future
         self._stored(record)
+
+    async def _log_and_store(self, signed: Signed, record: PaymentRecord, after: PaymentRecord,
+                             hold: str, state: str, extra: Any = None,
+                             before: bool = False) -> Outcome:
+        """Log ``signed`` and store ``after`` — ``record`` as it is once the entry took
+        effect — in the same commit, then give ``record`` that state.
+
+        ``after`` is stored only if the ledger's hold ``hold`` is then in ``state`` (checked
+        by the writer, after it applied the entry): the record never claims what the books
+        do not. With ``before``, ``record`` as it is now is stored first (``_store_and_log``).
+        Should the entry and the store fall in two batches, the store still follows the
+        entry; should it find the hold not yet so, the record is stored after, by itself,
+        as ``_log`` then ``_store`` would. Nothing is sent before this returns.
+        """
+        check = await self._check(signed)
+        assert self.node.writer is not None
+        wrote: list[bool] = []
+
+        def applied() -> bool:
+            found = self.node.ledger.holds.get(hold)
+            wrote.append(found is not None and found.state == state)
+            return wrote[-1]
+
+        entry = EventRequest(signed, check)
+        store = self._storing(after, extra, only_if=applied)
+        requests: list[Any] = [self._storing(record)] if before else []
+        self.node.writer.submit_all([*requests, entry, store])
+        for request in requests:
+            await request.future
+        outcome = await entry.future
+        await store.future
+        if any(wrote) or outcome.code in (ResultCode.ok, ResultCode.exists):
+            record.payment, record.answer, record.result = after.payment, after.answer, \
+                after.result
+            if any(wrote):
+                self._stored(record)
+            else:
+                await self._store(record, extra)
+        elif before:
+            self._stored(record)
+        return outcome
 
     async def _store_and_log(self, record: PaymentRecord, signed: Signed) -> Outcome:
         """Store ``record``, then log ``signed`` (a hold it knows of): queued together, so
@@ -944,6 +990,24 @@ class Federation:
             raise FederationError(ResultCode.condition_mismatch, str(exc)) from exc
         p = record.outbound.msg
         assert isinstance(p, Prepare)
+        if signed is not None and actions and isinstance(actions[0], sm.ApplyPost) and all(
+                isinstance(a, (sm.ApplyPost, sm.SendDecision, sm.SendFulfil)) for a in actions):
+            # Paid in time, the common case: the post and the record that says so (with the
+            # FULFIL for upstream, if we forward) in one commit.
+            after = copy.copy(record)
+            after.payment = new
+            after.result = {"result": "ok",
+                            "fulfilment": new.fulfilment.hex() if new.fulfilment else None}
+            for action in actions:
+                if isinstance(action, sm.SendFulfil):
+                    after.answer = self._sign(Fulfil(p.id, action.fulfilment.hex()))
+            outcome = await self._log_and_store(signed, record, after, f"{p.id}/out", "posted")
+            if outcome.code in (ResultCode.ok, ResultCode.exists):
+                record.done.set()
+                return
+            if outcome.code != ResultCode.too_late:
+                self._check_logged(outcome, p.id)
+            # Too late by the clock the ledger applied it at: the steps below void instead.
         late: Signed | None = None  # a valid fulfilment that came too late: evidence
         i = 0
         while i < len(actions):
@@ -1295,9 +1359,26 @@ class Federation:
                 self._risk_check(line, p.amount_to, p.expires_at)
             except FederationError as exc:
                 return await self._refuse_prepare(signed, exc.code.value, exc.detail)
+        async def mark(db: aiosqlite.Connection) -> None:
+            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
+
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, sender.key_id)
+            new, actions = sm.step(record.payment, sm.LocalFulfil(fulfilment), self.now())
+            if not any(isinstance(a, sm.ApplyVoid) for a in actions):
+                # The record, the hold, and — if the hold is made — the record fulfilled
+                # with the quote marked: one commit, before the FULFIL leaves.
+                after = copy.copy(record)
+                after.payment = new
+                after.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
+                outcome = await self._log_and_store(signed, record, after, f"{p.id}/in", "held",
+                                                    extra=mark, before=True)
+                if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                    return await self._refuse_prepare(signed, outcome.code.value,
+                                                      outcome.detail, record)
+                assert record.answer is not None
+                return record.answer
             outcome = await self._store_and_log(record, signed)
         else:
             outcome = await self._log(signed)
@@ -1308,10 +1389,6 @@ class Federation:
         if any(isinstance(a, sm.ApplyVoid) for a in actions):  # expired meanwhile
             return await self._destination_reject(record, "expired", "expired on arrival")
         record.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
-
-        async def mark(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
-
         await self._store(record, mark)  # fulfilled, durably, before the FULFIL leaves
         return record.answer
 
@@ -1380,9 +1457,19 @@ class Federation:
         # The destination's hold is its whole payment; an intermediary's inbound hold is
         # settled by this decision whatever its outbound leg did (a void after it paid
         # downstream is its loss, in its routing account).
-        if any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions) or (
-                record.payment.role == sm.Role.intermediary and inbound is not None
-                and inbound.state == "held"):
+        logs = any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions) or (
+            record.payment.role == sm.Role.intermediary and inbound is not None
+            and inbound.state == "held")
+        if logs and not any(isinstance(a, sm.RecordLoss) for a in actions):
+            # The entry and the record that follows it, in one commit.
+            after = copy.copy(record)
+            after.payment = new
+            outcome = await self._log_and_store(
+                signed, record, after, f"{d.id}/in", "posted" if d.outcome == "post" else "voided")
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                raise FederationError(outcome.code, outcome.detail)
+            return {"id": d.id, "ack": d.outcome}
+        if logs:
             outcome = await self._log(signed)
             if outcome.code not in (ResultCode.ok, ResultCode.exists):
                 raise FederationError(outcome.code, outcome.detail)

@@ -14,11 +14,12 @@ well-behaved node would never send.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +570,52 @@ async def test_a_forged_fulfilment_is_refused_and_the_payer_is_not_charged(linke
     assert b.node.ledger.holds == {}
 
 
+async def test_a_fulfilment_the_ledger_finds_too_late_leaves_a_voided_record(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The post and the record saying "posted" are committed together only if the ledger
+    posts: when its clock (at the commit) finds the FULFIL too late, though the driver's
+    found it in time, the record says voided, and the payer is told so."""
+    a, b = linked.a, linked.b
+    writer = a.node.writer
+    assert writer is not None
+    clock = writer.clock_ms
+    original = a.fed._outbound_answer
+
+    async def late_by_the_ledgers_clock(record: Any, answer: Any) -> None:
+        # From here on the ledger's clock is past every expiry; the driver's is not.
+        monkeypatch.setattr(writer, "clock_ms", lambda: clock() + 600_000)
+        await original(record, answer)
+
+    monkeypatch.setattr(a.fed, "_outbound_answer", late_by_the_ledgers_clock)
+    err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100,
+                                                     100))
+    assert err.code == "expired" and "valid fulfilment came after the expiry" in err.detail
+    (hold,) = a.node.ledger.holds.values()
+    assert hold.state == "voided"
+    stored = await a.fed._load_record(hold.key.split("/")[0])
+    assert stored is not None and stored.payment.hold == "voided"
+    assert a.account("alice") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+    await settled(a, b)
+    assert b.account("bob") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+
+
+async def test_a_record_is_not_stored_with_an_entry_the_ledger_refuses(linked: Pair) -> None:
+    a, b = linked.a, linked.b
+    receipt = await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
+    await settled(a, b)
+    stored = await a.fed._load_record(receipt["attempt"])
+    assert stored is not None and stored.payment.finished
+    # A FULFIL for a hold A does not have: refused; the record given to store with it is not.
+    fulfil = sign_message(Fulfil(new_id(), os.urandom(32).hex()), b.node_key)
+    claim = copy.copy(stored)
+    claim.payment = replace(stored.payment, id=fulfil.msg.id)  # type: ignore[union-attr]
+    outcome = await a.fed._log_and_store(fulfil, claim, claim, f"{claim.payment.id}/out",
+                                         "posted")
+    assert outcome.code.value == "hold_not_found"
+    assert await a.fed._load_record(claim.payment.id) is None
+
+
 async def test_a_prepare_beyond_the_line_is_refused_with_a_signed_reject(
     hostile: Hostile,
 ) -> None:
@@ -728,18 +775,22 @@ async def test_a_source_stopped_after_logging_the_fulfilment_resumes_it_as_paid(
     """The FULFIL entry is in A's log but the payment's state was not stored: after a
     restart past the expiry, A must not void what its books posted (and tell B to void)."""
     a, b = linked.a, linked.b
-    original = a.fed._store
+    original = a.fed._log_and_store
     stopped: list[str] = []
 
-    async def stop_before_storing_the_post(record: Any, extra: Any = None) -> None:
-        if record.payment.role.value == "source" and record.payment.outbound.value == "posted" \
+    async def stop_before_storing_the_post(signed: Signed, record: Any, after: Any,
+                                           *args: Any, **kwargs: Any) -> Any:
+        # The post and the record that says so are queued together; at the edge of a
+        # batch the post may be committed alone: the node stops right then.
+        if isinstance(signed.msg, Fulfil) and record.payment.role.value == "source" \
                 and not stopped:
             stopped.append(record.payment.id)
+            await a.fed._log(signed)
             record.done.set()
             raise RuntimeError("the node stops here")
-        await original(record, extra)
+        return await original(signed, record, after, *args, **kwargs)
 
-    monkeypatch.setattr(a.fed, "_store", stop_before_storing_the_post)
+    monkeypatch.setattr(a.fed, "_log_and_store", stop_before_storing_the_post)
     order_ids = capture_order_ids(monkeypatch)
     await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
     (attempt,) = stopped
