@@ -174,6 +174,9 @@ RETRY_ON_ANOTHER_ROUTE = frozenset({
     ResultCode.exceeds_max_pay,
 })
 MAX_LEARNED_LINES = 2000
+# DECISIONs are not on the payer's path: those for one peer wait this long to go together.
+DECISION_GATHER_S = 0.05
+MAX_DECISIONS = 200  # per request: 200 signed DECISIONs stay well under 64 KiB
 
 
 def _body(**fields: Any) -> CanonicalBody:
@@ -182,7 +185,12 @@ def _body(**fields: Any) -> CanonicalBody:
     parts = []
     for name in sorted(fields):  # ASCII names: sorted as RFC 8785 sorts them
         value = fields[name]
-        raw = value.canonical if isinstance(value, Signed) else canonical_json(value)
+        if isinstance(value, Signed):
+            raw = value.canonical
+        elif isinstance(value, list) and value and all(isinstance(v, Signed) for v in value):
+            raw = b"[" + b",".join(v.canonical for v in value) + b"]"
+        else:
+            raw = canonical_json(value)
         parts.append(b'"' + name.encode("ascii") + b'":' + raw)
     return CanonicalBody(b"{" + b",".join(parts) + b"}")
 
@@ -234,6 +242,10 @@ class Federation:
         # Destination: PREPAREs of one order are handled one at a time, so that at most one
         # attempt per order is ever fulfilled (order id -> [lock, users]).
         self._order_locks: dict[str, list[Any]] = {}
+        # DECISIONs waiting to go to each peer (key id), and the peers that take them only
+        # one per request (an older node: no POST /v1/peer/decisions).
+        self._outbox: dict[str, list[PaymentRecord]] = {}
+        self._single_decisions: set[str] = set()
 
     @property
     def public_url(self) -> str:
@@ -1090,28 +1102,79 @@ class Federation:
                                   f"payment {attempt_id}: the ledger refused: {outcome.detail}")
 
     async def _send_decision(self, record: PaymentRecord) -> None:
+        """Queue our DECISION for the peer: the DECISIONs for one peer that gather within
+        ``DECISION_GATHER_S`` go in one request (``POST /v1/peer/decisions``). Not on the
+        payer's path: it was answered when the outcome was stored."""
         if record.payment.outbound not in (sm.Out.posted, sm.Out.voided):
             return
-        if record.payment.decision_acked:
+        if record.payment.decision_acked or record.sending_decision:
             return
-        if record.sending_decision:
-            return
-        outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
-        decision = self._sign(Decision(record.payment.id, outcome))
-        record.sending_decision = True
+        record.sending_decision = True  # until answered: the ticker sends no second copy
+        queue = self._outbox.setdefault(record.peer, [])
+        queue.append(record)
+        if len(queue) == 1:
+            self._spawn(self._flush_decisions(record.peer))
+
+    async def _flush_decisions(self, peer: str) -> None:
+        await asyncio.sleep(DECISION_GATHER_S)
+        records = self._outbox.pop(peer, [])
         try:
-            try:
-                await self._peer_post(record.peer, "/v1/peer/decision", _body(decision=decision))
-            except TallyError as exc:
-                log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
-                return
-            # Under the lock: an intermediary may be handling its upstream's DECISION
-            # meanwhile, and must not store its inbound outcome over this acknowledgement.
-            async with record.lock:
-                record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
-                await self._store(record)
+            for i in range(0, len(records), MAX_DECISIONS):
+                await self._deliver_decisions(peer, records[i:i + MAX_DECISIONS])
+        except Exception:
+            log.exception("sending DECISIONs to %s failed; the ticker sends them again", peer)
         finally:
-            record.sending_decision = False
+            for record in records:
+                record.sending_decision = False
+
+    async def _deliver_decisions(self, peer: str, records: list[PaymentRecord]) -> None:
+        """Send the DECISIONs of ``records`` to ``peer`` — together if it takes several at
+        once, else one by one — and store each acknowledgement. What is not acknowledged
+        the ticker sends again."""
+        decisions = [self._sign(Decision(r.payment.id, "post" if r.payment.outbound ==
+                                         sm.Out.posted else "void")) for r in records]
+        acked: list[PaymentRecord] = []
+        batched = False
+        if len(records) > 1 and peer not in self._single_decisions:
+            try:
+                answer = await self._peer_post(peer, "/v1/peer/decisions",
+                                               _body(decisions=decisions))
+                batched = True
+                acks = answer["acks"]
+                for record, decision, ack in zip(records, decisions, acks, strict=True):
+                    d = decision.msg
+                    assert isinstance(d, Decision)
+                    if ack == {"id": d.id, "ack": d.outcome}:
+                        acked.append(record)
+                    else:
+                        log.info("decision for %s refused: %s", d.id, ack)
+            except TallyError as exc:
+                if exc.status not in (404, 405):
+                    log.info("decisions for %s not delivered yet: %s", peer, exc.detail)
+                    return
+                # A node that speaks the single route only: one request each, from now on.
+                self._single_decisions.add(peer)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s answered DECISIONs with no list of acks: %s", peer, exc)
+                return
+        if not batched:
+            for record, decision in zip(records, decisions):
+                try:
+                    await self._peer_post(peer, "/v1/peer/decision", _body(decision=decision))
+                except TallyError as exc:
+                    log.info("decision for %s not delivered yet: %s", record.payment.id,
+                             exc.detail)
+                    continue
+                acked.append(record)
+        # The acknowledgements, stored together (one commit for the lot).
+        await asyncio.gather(*(self._decision_acked(r) for r in acked))
+
+    async def _decision_acked(self, record: PaymentRecord) -> None:
+        # Under the lock: an intermediary may be handling its upstream's DECISION meanwhile,
+        # and must not store its inbound outcome over this acknowledgement.
+        async with record.lock:
+            record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
+            await self._store(record)
 
     async def _ticker(self) -> None:
         """Time passes: void what expired, resend what is unacknowledged."""
@@ -1445,6 +1508,19 @@ class Federation:
                 return await self._receive_decision(signed, d)
         async with self._order_lock(_order_id(record)):
             return await self._receive_decision(signed, d)
+
+    async def receive_decisions(self, decisions: list[Signed],
+                                sender: PublicKey) -> list[dict[str, Any]]:
+        """Several DECISIONs at once: each acknowledged, or refused with its code, on its
+        own (their entries and records are committed together)."""
+        async def one(signed: Signed) -> dict[str, Any]:
+            try:
+                return await self.receive_decision(signed, sender)
+            except FederationError as exc:
+                return {"id": signed.msg.id, "code": exc.code.value,  # type: ignore[union-attr]
+                        "detail": exc.detail}
+
+        return list(await asyncio.gather(*(one(s) for s in decisions)))
 
     async def _receive_decision(self, signed: Signed, d: Decision) -> dict[str, Any]:
         record = self.payments.get(d.id) or await self._load_record(d.id)

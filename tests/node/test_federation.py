@@ -758,6 +758,68 @@ async def test_a_void_for_an_attempt_never_prepared_here_is_acknowledged(
     assert b.balances() == before and b.node.ledger.holds == {}
 
 
+async def test_several_decisions_in_one_request_are_each_answered_on_their_own(
+    hostile: Hostile,
+) -> None:
+    b = hostile.pair.b
+    before = b.balances()
+    void = sign_message(Decision(new_id(), "void"), hostile.pair.a.node_key)
+    post = sign_message(Decision(new_id(), "post"), hostile.pair.a.node_key)
+    status, doc, _ = await hostile.send("/v1/peer/decisions", {
+        "decisions": [void.to_json(), post.to_json()]})
+    assert status == 200
+    assert doc["acks"][0] == {"id": void.msg.id, "ack": "void"}  # type: ignore[union-attr]
+    assert (doc["acks"][1]["id"], doc["acks"][1]["code"]) == (
+        post.msg.id, "hold_not_found")  # type: ignore[union-attr]
+    for bad in ([], [void.to_json(), void.to_json()], [void.to_json()] * 201):
+        status, doc, _ = await hostile.send("/v1/peer/decisions", {"decisions": bad})
+        assert (status, doc["code"]) == (400, "invalid_field"), bad[:1]
+    assert b.balances() == before and b.node.ledger.holds == {}
+
+
+async def test_decisions_for_one_peer_go_together_or_one_by_one_to_a_node_that_wants_that(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The DECISIONs gathered for a peer go in one request; a peer without the route for
+    several (an older node: 404) gets them one by one. Every one is acknowledged."""
+    a, b = linked.a, linked.b
+    gate = asyncio.Event()
+    sent: list[tuple[str, int]] = []
+    flush, post = a.fed._flush_decisions, a.fed._peer_post
+
+    async def held_until_the_gate_opens(peer: str) -> None:
+        await gate.wait()  # every payment below has its DECISION queued by then
+        await flush(peer)
+
+    async def counting(key_id: str, path: str, body: Any) -> Any:
+        if path.startswith("/v1/peer/decision"):
+            sent.append((path, body.count(b'"type":"decision"')))
+            if path.endswith("s") and older:
+                raise TallyError("not_found", "no such route", 404)
+        return await post(key_id, path, body)
+
+    monkeypatch.setattr(a.fed, "_flush_decisions", held_until_the_gate_opens)
+    monkeypatch.setattr(a.fed, "_peer_post", counting)
+    alice = a.member("alice")
+    for older in (False, True):
+        receipts = await asyncio.gather(*(
+            alice.pay_remote("alice", "bob", b.node_key.public, 10, 10) for _ in range(5)))
+        assert [r["result"] for r in receipts] == ["ok"] * 5  # before any DECISION left
+        gate.set()
+        await settled(a, b)
+        gate.clear()
+        deadline = time.monotonic() + 5
+        while a.fed.payments:  # every acknowledgement stored
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        if not older:
+            assert sent == [("/v1/peer/decisions", 5)]
+        else:
+            assert sent == [("/v1/peer/decisions", 5)] + [("/v1/peer/decision", 1)] * 5
+        sent.clear()
+    assert b.account("bob")["balance"] == 100
+
+
 # --- a node that stops between two writes -----------------------------------------------------
 
 

@@ -120,6 +120,8 @@ async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_
     assert record.forward is not None and record.answer is not None
     assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
         {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
+    pair = [record.prepare, record.forward]
+    assert _body(decisions=pair) == canonical_json({"decisions": [s.to_json() for s in pair]})
 
 
 async def test_each_line_gets_one_decision_per_payment(
