@@ -389,17 +389,26 @@ class Federation:
             self._stored(record)
         return outcome
 
-    async def _store_and_log(self, record: PaymentRecord, signed: Signed) -> Outcome:
+    async def _store_and_log(self, record: PaymentRecord, signed: Signed, *,
+                             then: Signed | None = None) -> Outcome:
         """Store ``record``, then log ``signed`` (a hold it knows of): queued together, so
         that the writer commits both in one transaction — or, at the edge of a batch, the
-        record first, as ``_store`` then ``_log`` would. One commit to wait for, not two."""
-        check = await self._check(signed)
+        record first, as ``_store`` then ``_log`` would. One commit to wait for, not two.
+
+        ``then``, an intermediary's own PREPARE downstream, is logged right after: the
+        ledger holds it only on top of the inbound hold ``signed`` makes (else it is
+        refused: its order is for another ledger). Its outcome is not returned; the task
+        that sends it logs it again if it is not held (``_follow_ledger``)."""
+        entries = [signed] if then is None else [signed, then]
+        checks = [await self._check(e) for e in entries]
         assert self.node.writer is not None
-        store, entry = self._storing(record), EventRequest(signed, check)
-        self.node.writer.submit_all([store, entry])
+        store = self._storing(record)
+        logged = [EventRequest(e, c) for e, c in zip(entries, checks)]
+        self.node.writer.submit_all([store, *logged])
         await store.future
         self._stored(record)
-        return await entry.future
+        outcomes = [await entry.future for entry in logged]
+        return outcomes[0]
 
     async def _log(self, signed: Signed) -> Outcome:
         """Apply a federation entry through the writer (signatures checked first, unless
@@ -1361,7 +1370,7 @@ class Federation:
                 # that then appears).
                 async with record.lock:
                     # The record no later than either hold: recovery finds it.
-                    outcome = await self._store_and_log(record, signed)
+                    outcome = await self._store_and_log(record, signed, then=forward)
                     if outcome.code not in (ResultCode.ok, ResultCode.exists):
                         return await self._refuse_prepare(signed, outcome.code.value,
                                                           outcome.detail, record,
