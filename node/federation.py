@@ -116,7 +116,7 @@ class PaymentRecord:
         cached canonical bytes: a record is stored at every step of a payment, and its
         PREPAREs (each carrying the order and the quote) need not be encoded every time."""
         head = json.dumps(self._state_json())
-        signed = ",".join(f'"{name}":{s.canonical.decode("ascii") if s else "null"}'
+        signed = ",".join(f'"{name}":{s.canonical.decode() if s else "null"}'
                           for name, s in (("prepare", self.prepare), ("answer", self.answer),
                                           ("forward", self.forward)))
         return f"{head[:-1]},{signed}}}"
@@ -1290,7 +1290,7 @@ class Federation:
         quote = self._sign(
             Quote(attempt_id, order.id, sender, order.payee, order.amount,
                   condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms))
-        doc = quote.canonical.decode("ascii")
+        doc = quote.canonical.decode()
         stored: list[str] = []
 
         def insert(conn: sqlite3.Connection) -> None:
