@@ -125,6 +125,11 @@ def transfer_body(
     return body
 
 
+class CanonicalBody(bytes):
+    """A request body already in RFC 8785 form (spliced from signed messages' cached bytes):
+    sent as it is, not encoded again."""
+
+
 class TallyClient:
     def __init__(
         self,
@@ -194,7 +199,8 @@ class TallyClient:
         signed: bool = False,
         idempotent: bool = True,
     ) -> tuple[int, bytes]:
-        data = canonical_json(body) if body is not None else b""
+        data = body if isinstance(body, CanonicalBody) else (
+            canonical_json(body) if body is not None else b"")
         attempts = self.retries + 1 if idempotent else 1
         last: Exception | None = None
         for attempt in range(attempts):

@@ -24,19 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
+from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
-from node.client import TallyClient, TallyError
+from node.client import CanonicalBody, TallyClient, TallyError
+from node.writer import EventRequest, OpRequest, on_loop
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -51,8 +55,8 @@ from protocol.federation import (
     Statement,
     condition_of,
 )
-from protocol.ledger import Outcome
-from protocol.lines import is_suspension_of, settlement_refusal
+from protocol.ledger import Outcome, SigCheck
+from protocol.lines import SIGNATURES, is_suspension_of, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
 from protocol.reconcile import compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
@@ -87,8 +91,10 @@ class PaymentRecord:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # One event at a time: the ticker and the task sending PREPARE may both want to decide.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sending_decision: bool = False  # one DECISION in flight: the ticker does not send a twin
 
-    def to_json(self) -> dict[str, Any]:
+    def _state_json(self) -> dict[str, Any]:
+        """Everything but the signed messages."""
         p = self.payment
         return {
             "id": p.id, "role": p.role.value, "condition": p.condition.hex(),
@@ -97,11 +103,23 @@ class PaymentRecord:
             "outbound": p.outbound.value if p.outbound else None,
             "outbound_expiry": p.outbound_expiry, "decision_acked": p.decision_acked,
             "hold": p.hold, "fulfilment": p.fulfilment.hex() if p.fulfilment else None,
-            "prepare": self.prepare.to_json(), "peer": self.peer,
-            "answer": self.answer.to_json() if self.answer else None, "result": self.result,
-            "forward": self.forward.to_json() if self.forward else None,
-            "upstream": self.upstream,
+            "peer": self.peer, "result": self.result, "upstream": self.upstream,
         }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._state_json(), "prepare": self.prepare.to_json(),
+                "answer": self.answer.to_json() if self.answer else None,
+                "forward": self.forward.to_json() if self.forward else None}
+
+    def to_doc(self) -> str:
+        """``json.dumps(self.to_json())``, with the signed messages spliced in from their
+        cached canonical bytes: a record is stored at every step of a payment, and its
+        PREPAREs (each carrying the order and the quote) need not be encoded every time."""
+        head = json.dumps(self._state_json())
+        signed = ",".join(f'"{name}":{s.canonical.decode() if s else "null"}'
+                          for name, s in (("prepare", self.prepare), ("answer", self.answer),
+                                          ("forward", self.forward)))
+        return f"{head[:-1]},{signed}}}"
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> PaymentRecord:
@@ -156,6 +174,25 @@ RETRY_ON_ANOTHER_ROUTE = frozenset({
     ResultCode.exceeds_max_pay,
 })
 MAX_LEARNED_LINES = 2000
+# DECISIONs are not on the payer's path: those for one peer wait this long to go together.
+DECISION_GATHER_S = 0.05
+MAX_DECISIONS = 200  # per request: 200 signed DECISIONs stay well under 64 KiB
+
+
+def _body(**fields: Any) -> CanonicalBody:
+    """A node-to-node request body in canonical form: signed messages spliced in from their
+    cached canonical bytes (a PREPARE carries the order and the quote), the rest encoded."""
+    parts = []
+    for name in sorted(fields):  # ASCII names: sorted as RFC 8785 sorts them
+        value = fields[name]
+        if isinstance(value, Signed):
+            raw = value.canonical
+        elif isinstance(value, list) and value and all(isinstance(v, Signed) for v in value):
+            raw = b"[" + b",".join(v.canonical for v in value) + b"]"
+        else:
+            raw = canonical_json(value)
+        parts.append(b'"' + name.encode("ascii") + b'":' + raw)
+    return CanonicalBody(b"{" + b",".join(parts) + b"}")
 
 
 def _peer_refusal(exc: TallyError, what: str) -> FederationError:
@@ -205,6 +242,10 @@ class Federation:
         # Destination: PREPAREs of one order are handled one at a time, so that at most one
         # attempt per order is ever fulfilled (order id -> [lock, users]).
         self._order_locks: dict[str, list[Any]] = {}
+        # DECISIONs waiting to go to each peer (key id), and the peers that take them only
+        # one per request (an older node: no POST /v1/peer/decisions).
+        self._outbox: dict[str, list[PaymentRecord]] = {}
+        self._single_decisions: set[str] = set()
 
     @property
     def public_url(self) -> str:
@@ -274,12 +315,17 @@ class Federation:
         assert self.node.writer is not None
         await self.node.writer.write(run)
 
-    async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
-        doc = json.dumps(record.to_json())
+    def _storing(self, record: PaymentRecord, extra: Any = None,
+                 only_if: Any = None) -> OpRequest:
+        """The writer's request that stores ``record`` as it is now (and runs ``extra``);
+        with ``only_if``, only if that returns True when the writer runs it."""
+        doc = record.to_doc()
         finished = 1 if record.payment.finished else 0
         now = self.now()
 
         async def run(db: aiosqlite.Connection) -> None:
+            if only_if is not None and not only_if():
+                return
             await db.execute(
                 "INSERT OR REPLACE INTO payments (id, doc, finished, updated) VALUES (?, ?, ?, ?)",
                 (record.payment.id, doc, finished, now),
@@ -287,18 +333,102 @@ class Federation:
             if extra is not None:
                 await extra(db)
 
-        assert self.node.writer is not None
-        await self.node.writer.write(run)
-        if finished:
+        return OpRequest(run)
+
+    def _stored(self, record: PaymentRecord) -> None:
+        if record.payment.finished:
             self.payments.pop(record.payment.id, None)
         else:
             self.payments[record.payment.id] = record
 
+    async def _store(self, record: PaymentRecord, extra: Any = None) -> None:
+        assert self.node.writer is not None
+        request = self._storing(record, extra)
+        self.node.writer.submit_nowait(request)
+        await request.future
+        self._stored(record)
+
+    async def _log_and_store(self, signed: Signed, record: PaymentRecord, after: PaymentRecord,
+                             hold: str, state: str, extra: Any = None,
+                             before: bool = False) -> Outcome:
+        """Log ``signed`` and store ``after`` — ``record`` as it is once the entry took
+        effect — in the same commit, then give ``record`` that state.
+
+        ``after`` is stored only if the ledger's hold ``hold`` is then in ``state`` (checked
+        by the writer, after it applied the entry): the record never claims what the books
+        do not. With ``before``, ``record`` as it is now is stored first (``_store_and_log``).
+        Should the entry and the store fall in two batches, the store still follows the
+        entry; should it find the hold not yet so, the record is stored after, by itself,
+        as ``_log`` then ``_store`` would. Nothing is sent before this returns.
+        """
+        check = await self._check(signed)
+        assert self.node.writer is not None
+        wrote: list[bool] = []
+
+        def applied() -> bool:
+            found = self.node.ledger.holds.get(hold)
+            wrote.append(found is not None and found.state == state)
+            return wrote[-1]
+
+        entry = EventRequest(signed, check)
+        store = self._storing(after, extra, only_if=applied)
+        requests: list[Any] = [self._storing(record)] if before else []
+        self.node.writer.submit_all([*requests, entry, store])
+        for request in requests:
+            await request.future
+        outcome = await entry.future
+        await store.future
+        if any(wrote) or outcome.code in (ResultCode.ok, ResultCode.exists):
+            record.payment, record.answer, record.result = after.payment, after.answer, \
+                after.result
+            if any(wrote):
+                self._stored(record)
+            else:
+                await self._store(record, extra)
+        elif before:
+            self._stored(record)
+        return outcome
+
+    async def _store_and_log(self, record: PaymentRecord, signed: Signed, *,
+                             then: Signed | None = None) -> Outcome:
+        """Store ``record``, then log ``signed`` (a hold it knows of): queued together, so
+        that the writer commits both in one transaction — or, at the edge of a batch, the
+        record first, as ``_store`` then ``_log`` would. One commit to wait for, not two.
+
+        ``then``, an intermediary's own PREPARE downstream, is logged right after: the
+        ledger holds it only on top of the inbound hold ``signed`` makes (else it is
+        refused: its order is for another ledger). Its outcome is not returned; the task
+        that sends it logs it again if it is not held (``_follow_ledger``)."""
+        entries = [signed] if then is None else [signed, then]
+        checks = [await self._check(e) for e in entries]
+        assert self.node.writer is not None
+        store = self._storing(record)
+        logged = [EventRequest(e, c) for e, c in zip(entries, checks)]
+        self.node.writer.submit_all([store, *logged])
+        await store.future
+        self._stored(record)
+        outcomes = [await entry.future for entry in logged]
+        return outcomes[0]
+
     async def _log(self, signed: Signed) -> Outcome:
-        """Apply a federation entry through the writer (signatures checked first)."""
-        check = (await self.node.verify([signed]))[0]
+        """Apply a federation entry through the writer (signatures checked first, unless
+        this node signed it or checked those very bytes already)."""
+        check = await self._check(signed)
         assert self.node.writer is not None
         return await self.node.writer.submit(signed, check)
+
+    async def _check(self, signed: Signed) -> SigCheck:
+        check = SIGNATURES.get(signed)
+        if check is None:
+            check = (await self.node.verify([signed]))[0]
+            SIGNATURES.remember(signed, check)
+        return check
+
+    def _sign(self, msg: Any) -> Signed:
+        """``msg`` signed by this node; remembered as verified (``_log`` need not check it)."""
+        signed = sign_message(msg, self.node.node_key)
+        SIGNATURES.remember(signed, (frozenset((self.key,)), True))
+        return signed
 
     # --- peers ----------------------------------------------------------------------------
 
@@ -327,7 +457,8 @@ class Federation:
             await self._set_meta(f"peer_url:{key.key_id}", url)
             self.peer_urls[key.key_id] = url
 
-    async def _peer_post(self, key_id: str, path: str, body: dict[str, Any]) -> Any:
+    async def _peer_post(self, key_id: str, path: str,
+                         body: dict[str, Any] | CanonicalBody) -> Any:
         client = self.client_for(key_id)
         return (await client._request("POST", path, body, signed=True, idempotent=False))[1]
 
@@ -562,8 +693,7 @@ class Federation:
     # --- the source -------------------------------------------------------------------------
 
     def _risk_check(self, line: Line, amount: int, expires_at: int) -> None:
-        held = [h for h in self.node.ledger.holds.values()
-                if h.line == line.id and h.state == "held"]
+        held = [h for h in self.node.ledger.open_holds.values() if h.line == line.id]
         if len(held) >= self.cfg.max_in_flight_count:
             raise FederationError(ResultCode.overloaded,
                                   "too many payments in flight on this line; retry shortly")
@@ -584,7 +714,7 @@ class Federation:
         payer = state.accounts.get(order.payer)
         if payer is None or payer.kind != "member":
             raise FederationError(ResultCode.account_not_found, f"no member {order.payer!r}")
-        good, _ = order_signed.verified_signers()
+        good, _ = SIGNATURES.check(order_signed)
         if payer.key not in good or len(order_signed.sigs) != 1:
             raise FederationError(ResultCode.bad_signature, "the order is not signed by the payer")
         if order.valid_until <= self.now():
@@ -628,15 +758,14 @@ class Federation:
         attempt_id = os.urandom(16).hex()
         path = route.nodes[2:]
         try:
-            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", {
-                "order": order_signed.to_json(), "attempt": attempt_id,
-                "path": [k.text for k in path]})
+            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", _body(
+                order=order_signed, attempt=attempt_id, path=[k.text for k in path]))
         except TallyError as exc:
             raise _peer_refusal(exc, "the payee's collective refused to quote") from exc
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
         quote = quote_signed.msg
         assert isinstance(quote, Quote)
-        qgood, qall = quote_signed.verified_signers()
+        qgood, qall = SIGNATURES.check(quote_signed)
         if not qall or order.payee_node not in qgood or (quote.order, quote.id) != (
                 order.id, attempt_id) or quote.amount < order.amount:
             raise FederationError(ResultCode.quote_mismatch, "the quote is not valid for this order")
@@ -657,18 +786,16 @@ class Federation:
             raise FederationError(ResultCode.insufficient_time,
                                   "too little time left before the order or quote expires")
         self._risk_check(line, amount_from, expires)
-        prepare = sign_message(
+        prepare = self._sign(
             Prepare(attempt_id, line.id, self.key, peer, amount_from,
                     line.convert(amount_from, side), quote.condition, expires, order_signed,
-                    quote_signed, path),
-            self.node.node_key,
-        )
+                    quote_signed, path))
         record = PaymentRecord(
             sm.start_source(attempt_id, bytes.fromhex(quote.condition), expires), prepare,
             peer.key_id,
         )
-        await self._store(record)  # before the hold: recovery finds it either way
-        outcome = await self._log(prepare)
+        # The record no later than the hold: recovery finds it either way.
+        outcome = await self._store_and_log(record, prepare)
         if outcome.code not in (ResultCode.ok, ResultCode.exists):
             record.payment = sm.Payment(record.payment.id, sm.Role.source,
                                         record.payment.condition, outbound=sm.Out.voided,
@@ -714,7 +841,7 @@ class Federation:
                 break
             try:
                 answer = await self._peer_post(record.peer, "/v1/peer/prepare",
-                                               {"prepare": record.outbound.to_json()})
+                                               _body(prepare=record.outbound))
             except TallyError as exc:
                 if exc.status and 400 <= exc.status < 500 and exc.code != "rate_limited":
                     # Not a signed REJECT, so not a definite answer: keep asking until the
@@ -746,7 +873,7 @@ class Federation:
         except MessageError as exc:
             raise FederationError(ResultCode.invalid_field,
                                   f"the peer's {kind.upper()} is malformed: {exc}") from exc
-        good, all_good = signed.verified_signers()
+        good, all_good = SIGNATURES.check(signed)  # checked once: _log needs it again
         peer_key = record.outbound.msg.to_node  # type: ignore[union-attr]
         if not all_good or peer_key not in good or signed.msg.id != record.payment.id:  # type: ignore[union-attr]
             raise FederationError(ResultCode.bad_signature, "the answer is not the peer's")
@@ -825,8 +952,7 @@ class Federation:
                     await self._dispute("loss", record, fulfil)
                 else:
                     record.payment = replace(record.payment, inbound=sm.In.fulfilled)
-                    record.answer = sign_message(Fulfil(p.id, fulfilment.hex()),
-                                                 self.node.node_key)
+                    record.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
         else:
             reject = await self._logged(f"reject/{p.id}/{p.to_node.key_id}")
             record.payment = replace(payment, outbound=sm.Out.voided, hold="voided")
@@ -860,9 +986,8 @@ class Federation:
         assert isinstance(p, Prepare)
         # After a restart the REJECT may be logged already: the same one goes upstream again.
         logged = await self._logged(f"reject/{p.id}/{self.key.key_id}")
-        reject = logged if logged is not None else sign_message(
-            Reject(p.id, code if code in ResultCode.__members__ else "rejected", detail[:500]),
-            self.node.node_key)
+        reject = logged if logged is not None else self._sign(
+            Reject(p.id, code if code in ResultCode.__members__ else "rejected", detail[:500]))
         outcome = await self._log(reject)
         if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
             log.warning("could not void inbound hold %s: %s", p.id, outcome.detail)
@@ -886,6 +1011,24 @@ class Federation:
             raise FederationError(ResultCode.condition_mismatch, str(exc)) from exc
         p = record.outbound.msg
         assert isinstance(p, Prepare)
+        if signed is not None and actions and isinstance(actions[0], sm.ApplyPost) and all(
+                isinstance(a, (sm.ApplyPost, sm.SendDecision, sm.SendFulfil)) for a in actions):
+            # Paid in time, the common case: the post and the record that says so (with the
+            # FULFIL for upstream, if we forward) in one commit.
+            after = copy.copy(record)
+            after.payment = new
+            after.result = {"result": "ok",
+                            "fulfilment": new.fulfilment.hex() if new.fulfilment else None}
+            for action in actions:
+                if isinstance(action, sm.SendFulfil):
+                    after.answer = self._sign(Fulfil(p.id, action.fulfilment.hex()))
+            outcome = await self._log_and_store(signed, record, after, f"{p.id}/out", "posted")
+            if outcome.code in (ResultCode.ok, ResultCode.exists):
+                record.done.set()
+                return
+            if outcome.code != ResultCode.too_late:
+                self._check_logged(outcome, p.id)
+            # Too late by the clock the ledger applied it at: the steps below void instead.
         late: Signed | None = None  # a valid fulfilment that came too late: evidence
         i = 0
         while i < len(actions):
@@ -902,11 +1045,10 @@ class Federation:
                 self._check_logged(outcome, p.id)
             elif isinstance(action, sm.ApplyVoid):
                 entry = signed if isinstance(event, sm.RejectReceived) and signed is not None \
-                    else sign_message(Decision(p.id, "void"), self.node.node_key)
+                    else self._sign(Decision(p.id, "void"))
                 self._check_logged(await self._log(entry), p.id)
             elif isinstance(action, sm.SendFulfil):
-                record.answer = sign_message(Fulfil(p.id, action.fulfilment.hex()),
-                                             self.node.node_key)
+                record.answer = self._sign(Fulfil(p.id, action.fulfilment.hex()))
             elif isinstance(action, sm.SendReject):
                 await self._reject_upstream(record, action.code,
                                             reason or "the payment failed downstream")
@@ -969,20 +1111,79 @@ class Federation:
                                   f"payment {attempt_id}: the ledger refused: {outcome.detail}")
 
     async def _send_decision(self, record: PaymentRecord) -> None:
+        """Queue our DECISION for the peer: the DECISIONs for one peer that gather within
+        ``DECISION_GATHER_S`` go in one request (``POST /v1/peer/decisions``). Not on the
+        payer's path: it was answered when the outcome was stored."""
         if record.payment.outbound not in (sm.Out.posted, sm.Out.voided):
             return
-        if record.payment.decision_acked:
+        if record.payment.decision_acked or record.sending_decision:
             return
-        outcome = "post" if record.payment.outbound == sm.Out.posted else "void"
-        decision = sign_message(Decision(record.payment.id, outcome), self.node.node_key)
+        record.sending_decision = True  # until answered: the ticker sends no second copy
+        queue = self._outbox.setdefault(record.peer, [])
+        queue.append(record)
+        if len(queue) == 1:
+            self._spawn(self._flush_decisions(record.peer))
+
+    async def _flush_decisions(self, peer: str) -> None:
+        await asyncio.sleep(DECISION_GATHER_S)
+        records = self._outbox.pop(peer, [])
         try:
-            await self._peer_post(record.peer, "/v1/peer/decision",
-                                  {"decision": decision.to_json()})
-        except TallyError as exc:
-            log.info("decision for %s not delivered yet: %s", record.payment.id, exc.detail)
-            return
-        record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
-        await self._store(record)
+            for i in range(0, len(records), MAX_DECISIONS):
+                await self._deliver_decisions(peer, records[i:i + MAX_DECISIONS])
+        except Exception:
+            log.exception("sending DECISIONs to %s failed; the ticker sends them again", peer)
+        finally:
+            for record in records:
+                record.sending_decision = False
+
+    async def _deliver_decisions(self, peer: str, records: list[PaymentRecord]) -> None:
+        """Send the DECISIONs of ``records`` to ``peer`` — together if it takes several at
+        once, else one by one — and store each acknowledgement. What is not acknowledged
+        the ticker sends again."""
+        decisions = [self._sign(Decision(r.payment.id, "post" if r.payment.outbound ==
+                                         sm.Out.posted else "void")) for r in records]
+        acked: list[PaymentRecord] = []
+        batched = False
+        if len(records) > 1 and peer not in self._single_decisions:
+            try:
+                answer = await self._peer_post(peer, "/v1/peer/decisions",
+                                               _body(decisions=decisions))
+                batched = True
+                acks = answer["acks"]
+                for record, decision, ack in zip(records, decisions, acks, strict=True):
+                    d = decision.msg
+                    assert isinstance(d, Decision)
+                    if ack == {"id": d.id, "ack": d.outcome}:
+                        acked.append(record)
+                    else:
+                        log.info("decision for %s refused: %s", d.id, ack)
+            except TallyError as exc:
+                if exc.status not in (404, 405):
+                    log.info("decisions for %s not delivered yet: %s", peer, exc.detail)
+                    return
+                # A node that speaks the single route only: one request each, from now on.
+                self._single_decisions.add(peer)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s answered DECISIONs with no list of acks: %s", peer, exc)
+                return
+        if not batched:
+            for record, decision in zip(records, decisions):
+                try:
+                    await self._peer_post(peer, "/v1/peer/decision", _body(decision=decision))
+                except TallyError as exc:
+                    log.info("decision for %s not delivered yet: %s", record.payment.id,
+                             exc.detail)
+                    continue
+                acked.append(record)
+        # The acknowledgements, stored together (one commit for the lot).
+        await asyncio.gather(*(self._decision_acked(r) for r in acked))
+
+    async def _decision_acked(self, record: PaymentRecord) -> None:
+        # Under the lock: an intermediary may be handling its upstream's DECISION meanwhile,
+        # and must not store its inbound outcome over this acknowledgement.
+        async with record.lock:
+            record.payment, _ = sm.step(record.payment, sm.DecisionAcked(), self.now())
+            await self._store(record)
 
     async def _ticker(self) -> None:
         """Time passes: void what expired, resend what is unacknowledged."""
@@ -1051,9 +1252,8 @@ class Federation:
             if (path[-1] if path else nxt) != order.payee_node:
                 raise FederationError(ResultCode.no_route, "the path does not end at the payee")
             try:
-                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", {
-                    "order": order_signed.to_json(), "attempt": attempt_id,
-                    "path": [k.text for k in path[1:]]})
+                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", _body(
+                    order=order_signed, attempt=attempt_id, path=[k.text for k in path[1:]]))
                 quote = parse_signed(answer["quote"], frozenset({"quote"}))
             except TallyError as exc:
                 raise _peer_refusal(exc, "the next collective refused to quote") from exc
@@ -1061,7 +1261,7 @@ class Federation:
                 raise FederationError(ResultCode.quote_mismatch,
                                       "the next collective sent no valid quote") from exc
             q = quote.msg
-            good, all_good = quote.verified_signers()
+            good, all_good = SIGNATURES.check(quote)
             if not isinstance(q, Quote) or not all_good or order.payee_node not in good or \
                     (q.order, q.id) != (order.id, attempt_id):
                 raise FederationError(ResultCode.quote_mismatch,
@@ -1075,44 +1275,40 @@ class Federation:
             raise FederationError(ResultCode.account_not_found, f"no member {order.payee!r} here")
         if payee.status != "open":
             raise FederationError(ResultCode.account_closed, f"{order.payee!r} is closed")
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1",
-                              (order.id,)) as cur:
-            if await cur.fetchone():
-                raise FederationError(ResultCode.exists, "this order was already paid")
-        async with db.execute("SELECT order_id, doc FROM quotes WHERE id = ?",
-                              (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        if row is not None:  # a repeated request: the same quote again, never a second one
-            if row[0] != order.id:
-                raise FederationError(ResultCode.exists_with_different_fields,
-                                      "that attempt id was quoted for another order")
-            return parse_signed(json.loads(row[1]), frozenset({"quote"}))
+        rows = await self._read(  # this attempt's quote, and any fulfilled one of the order
+            "SELECT id, order_id, doc, fulfilled FROM quotes WHERE id = ? OR order_id = ?",
+            (attempt_id, order.id))
+        if any(row[1] == order.id and row[3] for row in rows):
+            raise FederationError(ResultCode.exists, "this order was already paid")
+        for row in rows:
+            if row[0] == attempt_id:  # a repeated request: the same quote again, never another
+                if row[1] != order.id:
+                    raise FederationError(ResultCode.exists_with_different_fields,
+                                          "that attempt id was quoted for another order")
+                return parse_signed(json.loads(row[2]), frozenset({"quote"}))
         fulfilment = os.urandom(32)
-        quote = sign_message(
+        quote = self._sign(
             Quote(attempt_id, order.id, sender, order.payee, order.amount,
-                  condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms),
-            self.node.node_key,
-        )
-
+                  condition_of(fulfilment), self.now() + self.cfg.quote_ttl_ms))
+        doc = quote.canonical.decode()
         stored: list[str] = []
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(  # a concurrent twin of this request already stored one: keep it
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(  # a concurrent twin of this request already stored one: keep it
                 "INSERT OR IGNORE INTO quotes (id, order_id, fulfilment, doc) VALUES (?, ?, ?, ?)",
-                (attempt_id, order.id, fulfilment, json.dumps(quote.to_json())),
-            )
-            # Read back in the same transaction: the reader connection may still be in an
-            # older snapshot (held by another request's statement in progress on it).
-            async with db.execute("SELECT doc FROM quotes WHERE id = ?", (attempt_id,)) as cur:
-                row = await cur.fetchone()
-            assert row is not None
-            stored.append(row[0])
+                (attempt_id, order.id, fulfilment, doc))
+            stored.append(conn.execute("SELECT doc FROM quotes WHERE id = ?",
+                                       (attempt_id,)).fetchone()[0])
+
+        async def run(db: aiosqlite.Connection) -> None:
+            # Read back in the same transaction: whatever a twin stored is the one quote.
+            on_loop(db, insert)
 
         assert self.node.writer is not None
         await self.node.writer.write(run)  # stored before the quote leaves this node
-        return parse_signed(json.loads(stored[0]), frozenset({"quote"}))  # the one stored
+        if stored[0] == doc:
+            return quote
+        return parse_signed(json.loads(stored[0]), frozenset({"quote"}))  # the twin's
 
     async def receive_prepare(self, signed: Signed, sender: PublicKey) -> Signed | None:
         """Our FULFIL or REJECT for a PREPARE; None while it is still pending downstream
@@ -1162,12 +1358,10 @@ class Federation:
                 nxt = p.path[0]
                 side = line_down.side(self.key)
                 assert side is not None
-                forward = sign_message(
+                forward = self._sign(
                     Prepare(p.id, line_down.id, self.key, nxt, p.amount_to,
                             line_down.convert(p.amount_to, side), p.condition, out_expiry,
-                            p.order, p.quote, p.path[1:]),
-                    self.node.node_key,
-                )
+                            p.order, p.quote, p.path[1:]))
                 record = PaymentRecord(
                     sm.start_intermediary(p.id, bytes.fromhex(p.condition), p.expires_at,
                                           out_expiry),
@@ -1176,8 +1370,8 @@ class Federation:
                 # stored and the inbound hold not yet logged (it would ack a void of a hold
                 # that then appears).
                 async with record.lock:
-                    await self._store(record)  # before either hold: recovery finds it
-                    outcome = await self._log(signed)
+                    # The record no later than either hold: recovery finds it.
+                    outcome = await self._store_and_log(record, signed, then=forward)
                     if outcome.code not in (ResultCode.ok, ResultCode.exists):
                         return await self._refuse_prepare(signed, outcome.code.value,
                                                           outcome.detail, record,
@@ -1216,24 +1410,19 @@ class Federation:
         record = await self._record_of(p)
         if record is not None and record.answer is not None:
             return record.answer  # idempotent: the same answer again
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT fulfilment, order_id FROM quotes WHERE id = ?",
-                              (p.id,)) as cur:
-            row = await cur.fetchone()
+        rows = await self._read(  # this attempt's quote, and the other quotes of its order
+            "SELECT id, fulfilment, order_id, fulfilled FROM quotes WHERE id = ? OR order_id = "
+            "(SELECT order_id FROM quotes WHERE id = ?)", (p.id, p.id))
+        row = next((r for r in rows if r[0] == p.id), None)
         if row is None:
             return await self._refuse_prepare(signed, "quote_mismatch", "no quote for this attempt")
-        fulfilment, order_id = bytes(row[0]), row[1]
+        fulfilment, order_id = bytes(row[1]), row[2]
         if order_id != p.order.msg.id:  # type: ignore[union-attr]
             return await self._refuse_prepare(signed, "quote_mismatch",
                                               "that quote was made for another order")
-        async with db.execute(
-            "SELECT 1 FROM quotes WHERE order_id = ? AND fulfilled = 1 AND id != ?",
-            (order_id, p.id),
-        ) as cur:
-            if await cur.fetchone():
-                return await self._refuse_prepare(signed, "exists",
-                                                  "another attempt of this order was paid")
+        if any(r[0] != p.id and r[3] for r in rows):
+            return await self._refuse_prepare(signed, "exists",
+                                              "another attempt of this order was paid")
         if p.expires_at - self.now() < self.cfg.margin_ms // 4:
             return await self._refuse_prepare(signed, "insufficient_time",
                                               "too little time left to settle safely")
@@ -1243,22 +1432,36 @@ class Federation:
                 self._risk_check(line, p.amount_to, p.expires_at)
             except FederationError as exc:
                 return await self._refuse_prepare(signed, exc.code.value, exc.detail)
+        async def mark(db: aiosqlite.Connection) -> None:
+            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
+
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, sender.key_id)
-            await self._store(record)
-        outcome = await self._log(signed)
+            new, actions = sm.step(record.payment, sm.LocalFulfil(fulfilment), self.now())
+            if not any(isinstance(a, sm.ApplyVoid) for a in actions):
+                # The record, the hold, and — if the hold is made — the record fulfilled
+                # with the quote marked: one commit, before the FULFIL leaves.
+                after = copy.copy(record)
+                after.payment = new
+                after.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
+                outcome = await self._log_and_store(signed, record, after, f"{p.id}/in", "held",
+                                                    extra=mark, before=True)
+                if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                    return await self._refuse_prepare(signed, outcome.code.value,
+                                                      outcome.detail, record)
+                assert record.answer is not None
+                return record.answer
+            outcome = await self._store_and_log(record, signed)
+        else:
+            outcome = await self._log(signed)
         if outcome.code not in (ResultCode.ok, ResultCode.exists):
             return await self._refuse_prepare(signed, outcome.code.value, outcome.detail, record)
         new, actions = sm.step(record.payment, sm.LocalFulfil(fulfilment), self.now())
         record.payment = new
         if any(isinstance(a, sm.ApplyVoid) for a in actions):  # expired meanwhile
             return await self._destination_reject(record, "expired", "expired on arrival")
-        record.answer = sign_message(Fulfil(p.id, fulfilment.hex()), self.node.node_key)
-
-        async def mark(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
-
+        record.answer = self._sign(Fulfil(p.id, fulfilment.hex()))
         await self._store(record, mark)  # fulfilled, durably, before the FULFIL leaves
         return record.answer
 
@@ -1267,8 +1470,8 @@ class Federation:
                               role: sm.Role = sm.Role.destination) -> Signed:
         p = signed.msg
         assert isinstance(p, Prepare)
-        reject = sign_message(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
-                                     detail[:500]), self.node.node_key)
+        reject = self._sign(Reject(p.id, code if code in ResultCode.__members__ else "rejected",
+                                   detail[:500]))
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
                                                         p.expires_at), signed, p.from_node.key_id)
@@ -1287,7 +1490,7 @@ class Federation:
     async def _destination_reject(self, record: PaymentRecord, code: str, detail: str) -> Signed:
         p = record.prepare.msg
         assert isinstance(p, Prepare)
-        reject = sign_message(Reject(p.id, code, detail), self.node.node_key)
+        reject = self._sign(Reject(p.id, code, detail))
         outcome = await self._log(reject)  # void our inbound hold, if there is one
         if outcome.code not in (ResultCode.ok, ResultCode.exists, ResultCode.hold_not_found):
             log.warning("could not void hold %s: %s", p.id, outcome.detail)
@@ -1316,6 +1519,19 @@ class Federation:
         async with self._order_lock(_order_id(record)):
             return await self._receive_decision(signed, d)
 
+    async def receive_decisions(self, decisions: list[Signed],
+                                sender: PublicKey) -> list[dict[str, Any]]:
+        """Several DECISIONs at once: each acknowledged, or refused with its code, on its
+        own (their entries and records are committed together)."""
+        async def one(signed: Signed) -> dict[str, Any]:
+            try:
+                return await self.receive_decision(signed, sender)
+            except FederationError as exc:
+                return {"id": signed.msg.id, "code": exc.code.value,  # type: ignore[union-attr]
+                        "detail": exc.detail}
+
+        return list(await asyncio.gather(*(one(s) for s in decisions)))
+
     async def _receive_decision(self, signed: Signed, d: Decision) -> dict[str, Any]:
         record = self.payments.get(d.id) or await self._load_record(d.id)
         assert record is not None
@@ -1327,9 +1543,19 @@ class Federation:
         # The destination's hold is its whole payment; an intermediary's inbound hold is
         # settled by this decision whatever its outbound leg did (a void after it paid
         # downstream is its loss, in its routing account).
-        if any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions) or (
-                record.payment.role == sm.Role.intermediary and inbound is not None
-                and inbound.state == "held"):
+        logs = any(isinstance(a, (sm.ApplyPost, sm.ApplyVoid)) for a in actions) or (
+            record.payment.role == sm.Role.intermediary and inbound is not None
+            and inbound.state == "held")
+        if logs and not any(isinstance(a, sm.RecordLoss) for a in actions):
+            # The entry and the record that follows it, in one commit.
+            after = copy.copy(record)
+            after.payment = new
+            outcome = await self._log_and_store(
+                signed, record, after, f"{d.id}/in", "posted" if d.outcome == "post" else "voided")
+            if outcome.code not in (ResultCode.ok, ResultCode.exists):
+                raise FederationError(outcome.code, outcome.detail)
+            return {"id": d.id, "ack": d.outcome}
+        if logs:
             outcome = await self._log(signed)
             if outcome.code not in (ResultCode.ok, ResultCode.exists):
                 raise FederationError(outcome.code, outcome.detail)
@@ -1348,11 +1574,14 @@ class Federation:
         return record
 
     async def _load_record(self, attempt_id: str) -> PaymentRecord | None:
-        db = self.node.reader
-        assert db is not None
-        async with db.execute("SELECT doc FROM payments WHERE id = ?", (attempt_id,)) as cur:
-            row = await cur.fetchone()
-        return PaymentRecord.from_json(json.loads(row[0])) if row else None
+        rows = await self._read("SELECT doc FROM payments WHERE id = ?", (attempt_id,))
+        return PaymentRecord.from_json(json.loads(rows[0][0])) if rows else None
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one query on the reading connection, in one hop to its thread (not one
+        each for the query, the fetch and the cursor's close)."""
+        assert self.node.reader is not None
+        return list(await self.node.reader.execute_fetchall(sql, params))
 
     async def payment_status(self, order_id: str) -> list[dict[str, Any]]:
         db = self.node.reader

@@ -619,6 +619,9 @@ def openapi_document() -> dict[str, Any]:
                     ("prepare", "Node to node: PREPARE; answered FULFIL or REJECT, signed "
                                 "(202 while an intermediary waits on its downstream)"),
                     ("decision", "Node to node: the upstream's decision, post or void"),
+                    ("decisions", "Node to node: several decisions of the upstream at once "
+                                  "(up to 200); each acknowledged, or refused with its code, "
+                                  "in order"),
                     ("statement", "Node to node: a signed statement of our line; answered "
                                   "with ours"),
                     ("settlements", "Node to node: propose a line settlement, or accept "

@@ -24,15 +24,16 @@ from node.api import (
     read_json,
     verify_signed,
 )
-from node.federation import FederationError
+from node.federation import MAX_DECISIONS, FederationError
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
 from protocol.federation import path_of_keys
-from protocol.messages import check_fields, hex128, parse_signed, text
+from protocol.messages import MessageError, check_fields, hex128, parse_signed, text
 
 HEADER, SUPPORTED = protocol_version.HEADER, protocol_version.SUPPORTED
 LINE = frozenset({"line"})
+DECISION = frozenset({"decision"})
 URL = text(None, 300)
 
 
@@ -154,6 +155,24 @@ async def peer_decision(request: web.Request) -> web.Response:
         return web.json_response(await _fed(request).receive_decision(body["decision"], sender))
     except FederationError as exc:
         raise _problem(exc) from exc
+
+
+async def peer_decisions(request: web.Request) -> web.Response:
+    """Several DECISIONs of the sender at once; each answered on its own, in order."""
+    sender = await authenticate_peer(request)
+    body = await _body(request, {"decisions": decision_list})
+    return web.json_response({"acks": await _fed(request).receive_decisions(body["decisions"],
+                                                                            sender)})
+
+
+def decision_list(field: str, value: Any) -> list[Any]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_DECISIONS:
+        raise MessageError(ResultCode.invalid_field,
+                           f"{field} must list 1 to {MAX_DECISIONS} signed decisions")
+    decisions = [parse_signed(v, DECISION, f"{field}[{i}]") for i, v in enumerate(value)]
+    if len({d.msg.id for d in decisions}) != len(decisions):  # type: ignore[union-attr]
+        raise MessageError(ResultCode.invalid_field, f"{field} names an attempt twice")
+    return decisions
 
 
 # --- members and stewards -------------------------------------------------------------------
@@ -348,6 +367,7 @@ def add_federation_routes(app: web.Application) -> None:
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)
     app.router.add_post("/v1/peer/decision", peer_decision)
+    app.router.add_post("/v1/peer/decisions", peer_decisions)
     app.router.add_get("/v1/peer/graph", peer_graph)
     app.router.add_post("/v1/peer/statement", peer_statement)
     app.router.add_get("/v1/lines/status", get_lines_status)

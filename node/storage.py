@@ -263,6 +263,8 @@ async def load_state(db: aiosqlite.Connection) -> LedgerState:
         async for row in cur:
             hold = Hold(**json.loads(row[0]))
             state.holds[hold.key] = hold
+            if hold.state == "held":
+                state.open_holds[hold.key] = hold
     state.size = await log_size(db)
     return state
 

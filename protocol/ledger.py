@@ -122,6 +122,9 @@ class LedgerState:
     # (``protocol.lines``): both derived from the log like the accounts.
     lines: dict[str, Signed] = field(default_factory=dict)
     holds: dict[str, Hold] = field(default_factory=dict)
+    # The holds still "held", by key: the payments in flight, without a walk through every
+    # hold ever made (``holds`` keeps them all, for retries and recovery).
+    open_holds: dict[str, Hold] = field(default_factory=dict)
 
     def key_owner(self, key: PublicKey) -> str | None:
         for account in self.accounts.values():
@@ -460,4 +463,6 @@ def invariant_violations(state: LedgerState) -> list[str]:
         if (a.pending_debit, a.pending_credit) != (held_debit.get(a.handle, 0),
                                                    held_credit.get(a.handle, 0)):
             problems.append(f"{a.handle}: pending amounts differ from its open holds")
+    if state.open_holds != {k: h for k, h in state.holds.items() if h.state == "held"}:
+        problems.append("the index of open holds differs from the holds still held")
     return problems

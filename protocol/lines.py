@@ -286,8 +286,50 @@ def apply_line_settlement(
 # --- holds ------------------------------------------------------------------------------------
 
 
+class SignatureMemo:
+    """``Signed.verified_signers()``, remembered by the exact signed bytes and signatures.
+
+    A PREPARE carries the payer's order and the destination's quote: a node on the path
+    meets them in the quote round, in the PREPARE, and in each hold it logs for it. The
+    answer for the same bytes and signatures never changes, so it is computed once: the
+    key is the SHA-256 of the signed bytes with every signature as written (another byte
+    or another signature is another key, verified afresh). Bounded: the oldest answers go
+    first. ``remember`` is for answers known otherwise: a message this node just signed, or
+    one a worker verified.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._known: dict[tuple[bytes, tuple[tuple[str, str], ...]], SigCheck] = {}
+
+    @staticmethod
+    def _key(signed: Signed) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+        return (hashlib.sha256(signed.signed_bytes).digest(),
+                tuple((s.key.text, s.sig) for s in signed.sigs))
+
+    def get(self, signed: Signed) -> SigCheck | None:
+        return self._known.get(self._key(signed))
+
+    def check(self, signed: Signed) -> SigCheck:
+        known = self.get(signed)
+        if known is None:
+            known = signed.verified_signers()
+            self.remember(signed, known)
+        return known
+
+    def remember(self, signed: Signed, check: SigCheck) -> None:
+        if len(self._known) >= self.size:
+            del self._known[next(iter(self._known))]
+        self._known[self._key(signed)] = check
+
+
+# The embedded orders and quotes of the PREPAREs this process applies (and the node's own
+# checks of the messages it logs): a verification result is the same for every node.
+SIGNATURES = SignatureMemo()
+
+
 def _verify(signed: Signed, key: PublicKey) -> bool:
-    good, all_good = signed.verified_signers()
+    good, all_good = SIGNATURES.check(signed)
     return all_good and key in good and len(signed.sigs) == 1
 
 
@@ -411,9 +453,9 @@ def _hold(state: LedgerState, signed: Signed, key: str, debit: Account, credit: 
     debit.pending_debit += amount
     credit.pending_credit += amount
     hold_key = f"{p.id}/{'out' if outbound else 'in'}"
-    state.holds[hold_key] = Hold(hold_key, p.line, debit.handle, credit.handle, amount,
-                                 p.condition, p.expires_at, counterparty,
-                                 peer_amount=peer_amount)
+    state.holds[hold_key] = state.open_holds[hold_key] = Hold(
+        hold_key, p.line, debit.handle, credit.handle, amount, p.condition, p.expires_at,
+        counterparty, peer_amount=peer_amount)
     return _record(state, key, digest(signed), (debit.handle, credit.handle))
 
 
@@ -480,6 +522,7 @@ def _resolve(
     debit, credit = state.accounts[hold.debit], state.accounts[hold.credit]
     debit.pending_debit -= hold.amount
     credit.pending_credit -= hold.amount
+    del state.open_holds[hold.key]
     postings: tuple[tuple[str, int, str], ...] = ()
     if outcome == "post":
         debit.balance -= hold.amount

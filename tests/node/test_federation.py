@@ -14,11 +14,12 @@ well-behaved node would never send.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import SecretKey, b64url, read_key_file
+from node import storage
 from node.client import TallyClient, TallyError, new_id
 from node.config import ApiSettings, Config, FederationSettings
 from node.federation import Federation
@@ -42,6 +44,7 @@ from protocol.federation import (
     Quote,
     peer_handle,
 )
+from protocol.ledger import invariant_violations
 from protocol.messages import Signed, Unit, parse_message, parse_signed, sign_message
 
 # A payment the credit line has no room for (the line's own code, or the peer account's).
@@ -567,6 +570,52 @@ async def test_a_forged_fulfilment_is_refused_and_the_payer_is_not_charged(linke
     assert b.node.ledger.holds == {}
 
 
+async def test_a_fulfilment_the_ledger_finds_too_late_leaves_a_voided_record(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The post and the record saying "posted" are committed together only if the ledger
+    posts: when its clock (at the commit) finds the FULFIL too late, though the driver's
+    found it in time, the record says voided, and the payer is told so."""
+    a, b = linked.a, linked.b
+    writer = a.node.writer
+    assert writer is not None
+    clock = writer.clock_ms
+    original = a.fed._outbound_answer
+
+    async def late_by_the_ledgers_clock(record: Any, answer: Any) -> None:
+        # From here on the ledger's clock is past every expiry; the driver's is not.
+        monkeypatch.setattr(writer, "clock_ms", lambda: clock() + 600_000)
+        await original(record, answer)
+
+    monkeypatch.setattr(a.fed, "_outbound_answer", late_by_the_ledgers_clock)
+    err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100,
+                                                     100))
+    assert err.code == "expired" and "valid fulfilment came after the expiry" in err.detail
+    (hold,) = a.node.ledger.holds.values()
+    assert hold.state == "voided"
+    stored = await a.fed._load_record(hold.key.split("/")[0])
+    assert stored is not None and stored.payment.hold == "voided"
+    assert a.account("alice") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+    await settled(a, b)
+    assert b.account("bob") == {"balance": 0, "pending_debit": 0, "pending_credit": 0}
+
+
+async def test_a_record_is_not_stored_with_an_entry_the_ledger_refuses(linked: Pair) -> None:
+    a, b = linked.a, linked.b
+    receipt = await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
+    await settled(a, b)
+    stored = await a.fed._load_record(receipt["attempt"])
+    assert stored is not None and stored.payment.finished
+    # A FULFIL for a hold A does not have: refused; the record given to store with it is not.
+    fulfil = sign_message(Fulfil(new_id(), os.urandom(32).hex()), b.node_key)
+    claim = copy.copy(stored)
+    claim.payment = replace(stored.payment, id=fulfil.msg.id)  # type: ignore[union-attr]
+    outcome = await a.fed._log_and_store(fulfil, claim, claim, f"{claim.payment.id}/out",
+                                         "posted")
+    assert outcome.code.value == "hold_not_found"
+    assert await a.fed._load_record(claim.payment.id) is None
+
+
 async def test_a_prepare_beyond_the_line_is_refused_with_a_signed_reject(
     hostile: Hostile,
 ) -> None:
@@ -709,6 +758,68 @@ async def test_a_void_for_an_attempt_never_prepared_here_is_acknowledged(
     assert b.balances() == before and b.node.ledger.holds == {}
 
 
+async def test_several_decisions_in_one_request_are_each_answered_on_their_own(
+    hostile: Hostile,
+) -> None:
+    b = hostile.pair.b
+    before = b.balances()
+    void = sign_message(Decision(new_id(), "void"), hostile.pair.a.node_key)
+    post = sign_message(Decision(new_id(), "post"), hostile.pair.a.node_key)
+    status, doc, _ = await hostile.send("/v1/peer/decisions", {
+        "decisions": [void.to_json(), post.to_json()]})
+    assert status == 200
+    assert doc["acks"][0] == {"id": void.msg.id, "ack": "void"}  # type: ignore[union-attr]
+    assert (doc["acks"][1]["id"], doc["acks"][1]["code"]) == (
+        post.msg.id, "hold_not_found")  # type: ignore[union-attr]
+    for bad in ([], [void.to_json(), void.to_json()], [void.to_json()] * 201):
+        status, doc, _ = await hostile.send("/v1/peer/decisions", {"decisions": bad})
+        assert (status, doc["code"]) == (400, "invalid_field"), bad[:1]
+    assert b.balances() == before and b.node.ledger.holds == {}
+
+
+async def test_decisions_for_one_peer_go_together_or_one_by_one_to_a_node_that_wants_that(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The DECISIONs gathered for a peer go in one request; a peer without the route for
+    several (an older node: 404) gets them one by one. Every one is acknowledged."""
+    a, b = linked.a, linked.b
+    gate = asyncio.Event()
+    sent: list[tuple[str, int]] = []
+    flush, post = a.fed._flush_decisions, a.fed._peer_post
+
+    async def held_until_the_gate_opens(peer: str) -> None:
+        await gate.wait()  # every payment below has its DECISION queued by then
+        await flush(peer)
+
+    async def counting(key_id: str, path: str, body: Any) -> Any:
+        if path.startswith("/v1/peer/decision"):
+            sent.append((path, body.count(b'"type":"decision"')))
+            if path.endswith("s") and older:
+                raise TallyError("not_found", "no such route", 404)
+        return await post(key_id, path, body)
+
+    monkeypatch.setattr(a.fed, "_flush_decisions", held_until_the_gate_opens)
+    monkeypatch.setattr(a.fed, "_peer_post", counting)
+    alice = a.member("alice")
+    for older in (False, True):
+        receipts = await asyncio.gather(*(
+            alice.pay_remote("alice", "bob", b.node_key.public, 10, 10) for _ in range(5)))
+        assert [r["result"] for r in receipts] == ["ok"] * 5  # before any DECISION left
+        gate.set()
+        await settled(a, b)
+        gate.clear()
+        deadline = time.monotonic() + 5
+        while a.fed.payments:  # every acknowledgement stored
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        if not older:
+            assert sent == [("/v1/peer/decisions", 5)]
+        else:
+            assert sent == [("/v1/peer/decisions", 5)] + [("/v1/peer/decision", 1)] * 5
+        sent.clear()
+    assert b.account("bob")["balance"] == 100
+
+
 # --- a node that stops between two writes -----------------------------------------------------
 
 
@@ -726,18 +837,22 @@ async def test_a_source_stopped_after_logging_the_fulfilment_resumes_it_as_paid(
     """The FULFIL entry is in A's log but the payment's state was not stored: after a
     restart past the expiry, A must not void what its books posted (and tell B to void)."""
     a, b = linked.a, linked.b
-    original = a.fed._store
+    original = a.fed._log_and_store
     stopped: list[str] = []
 
-    async def stop_before_storing_the_post(record: Any, extra: Any = None) -> None:
-        if record.payment.role.value == "source" and record.payment.outbound.value == "posted" \
+    async def stop_before_storing_the_post(signed: Signed, record: Any, after: Any,
+                                           *args: Any, **kwargs: Any) -> Any:
+        # The post and the record that says so are queued together; at the edge of a
+        # batch the post may be committed alone: the node stops right then.
+        if isinstance(signed.msg, Fulfil) and record.payment.role.value == "source" \
                 and not stopped:
             stopped.append(record.payment.id)
+            await a.fed._log(signed)
             record.done.set()
             raise RuntimeError("the node stops here")
-        await original(record, extra)
+        return await original(signed, record, after, *args, **kwargs)
 
-    monkeypatch.setattr(a.fed, "_store", stop_before_storing_the_post)
+    monkeypatch.setattr(a.fed, "_log_and_store", stop_before_storing_the_post)
     order_ids = capture_order_ids(monkeypatch)
     await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
     (attempt,) = stopped
@@ -761,22 +876,59 @@ async def test_a_source_stopped_after_logging_the_fulfilment_resumes_it_as_paid(
     assert [(x["hold"], x["result"]["result"]) for x in status["attempts"]] == [("posted", "ok")]
 
 
+async def test_the_payments_in_flight_are_the_holds_still_held_also_when_reloaded(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The risk limits count the holds still held, from an index beside every hold ever
+    made: it follows each hold as it is made and voided, and a restart rebuilds it from the
+    stored holds."""
+    a, b = linked.a, linked.b
+    original = a.fed._peer_post
+
+    async def b_unreachable(key_id: str, path: str, body: Any) -> Any:
+        if path == "/v1/peer/prepare":
+            raise TallyError("unreachable", "B is away for this test")
+        return await original(key_id, path, body)
+
+    monkeypatch.setattr(a.fed, "_peer_post", b_unreachable)
+    paying = asyncio.create_task(
+        a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100))
+    deadline = time.monotonic() + 5
+    while not a.held():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    (key,) = a.held()
+    assert list(a.node.ledger.open_holds) == [key]
+    assert a.node.reader is not None
+    reloaded = await storage.load_state(a.node.reader)  # what a restart would start from
+    assert list(reloaded.open_holds) == [key] and invariant_violations(reloaded) == []
+    err = await refused(paying)  # B never answers: A voids at the expiry
+    assert err.code == "expired"
+    assert a.node.ledger.open_holds == {} and a.node.ledger.holds[key].state == "voided"
+    assert invariant_violations(a.node.ledger) == []
+    reloaded = await storage.load_state(a.node.reader)
+    assert reloaded.open_holds == {} and invariant_violations(reloaded) == []
+
+
 async def test_a_source_stopped_before_holding_resumes_the_payment_on_both_books(
     linked: Pair, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A stored the payment but stopped before its hold was logged: after a restart it must
     not send a PREPARE (and let B credit bob) with nothing held on its own books."""
     a, b = linked.a, linked.b
-    original = a.fed._log
+    original = a.fed._store_and_log
     stopped: list[str] = []
 
-    async def stop_before_the_hold(signed: Signed) -> Any:
+    async def stop_before_the_hold(record: Any, signed: Signed) -> Any:
+        # The record and the hold are queued together; at the edge of a batch the record
+        # may be committed alone: the node stops right then.
         if isinstance(signed.msg, Prepare) and not stopped:
             stopped.append(signed.msg.id)
+            await a.fed._store(record)
             raise RuntimeError("the node stops here")
-        return await original(signed)
+        return await original(record, signed)
 
-    monkeypatch.setattr(a.fed, "_log", stop_before_the_hold)
+    monkeypatch.setattr(a.fed, "_store_and_log", stop_before_the_hold)
     order_ids = capture_order_ids(monkeypatch)
     err = await refused(a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100))
     assert err.status == 500  # the payer does not know: it must ask, not pay again

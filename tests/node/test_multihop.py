@@ -9,15 +9,20 @@ that move nothing anywhere, and a second route taken when the first is down.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from crypto.canonical import canonical_json
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
-from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, peer_handle
+from node.federation import PaymentRecord, _body
+from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, Reject, peer_handle
 from protocol.ledger import invariant_violations
 from protocol.messages import sign_message
 from tests.node import test_federation as tf
@@ -95,6 +100,59 @@ async def test_a_member_pays_through_a_collective_in_between(net: Net) -> None:
     # The payer's node and the payee's show the same order, each its own side of it.
     status = await alice.payment(receipt["order"])
     assert [x["result"]["result"] for x in status["attempts"]] == ["ok"]
+
+
+async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_exactly(
+        net: Net) -> None:
+    """The records and request bodies are spliced from the messages' cached canonical bytes:
+    they must read back as the very messages, and a body must be the canonical form."""
+    a, b, c = net.a, net.b, net.c
+    receipt = await a.member("alice").pay_remote("alice", "cy", c.node_key.public, 300, 150)
+    assert receipt["result"] == "ok"
+    await settled(a, b, c)
+    db = b.node.reader
+    assert db is not None
+    async with db.execute("SELECT doc FROM payments") as cur:
+        docs = [json.loads(row[0]) async for row in cur]
+    assert [d["role"] for d in docs] == ["intermediary"]
+    record = PaymentRecord.from_json(docs[0])
+    assert json.loads(record.to_doc()) == record.to_json() == docs[0]
+    assert record.forward is not None and record.answer is not None
+    assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
+        {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
+    # A REJECT's detail may name a collective in any script: RFC 8785 keeps it as UTF-8.
+    record.answer = sign_message(Reject(record.payment.id, "line_suspended",
+                                        "la ligne avec Café Ñandú est suspendue"), b.node_key)
+    assert json.loads(record.to_doc()) == record.to_json()
+    pair = [record.prepare, record.forward]
+    assert _body(decisions=pair) == canonical_json({"decisions": [s.to_json() for s in pair]})
+
+
+async def test_each_line_gets_one_decision_per_payment(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream sends its DECISION until acknowledged, and no more: not a second copy
+    because the ticker came by while it was in flight, nor because the intermediary's own
+    upstream DECISION, handled meanwhile, stored the record over the acknowledgement."""
+    a, b, c = net.a, net.b, net.c
+    received: list[tuple[str, str]] = []
+    for side in (b, c):
+        original = side.fed.receive_decision
+
+        async def counting(signed: Any, sender: Any, side: Side = side,
+                           original: Any = original) -> Any:
+            received.append((side.name, signed.msg.id))
+            return await original(signed, sender)
+
+        monkeypatch.setattr(side.fed, "receive_decision", counting)
+    alice = a.member("alice")
+    receipts = await asyncio.gather(*(
+        alice.pay_remote("alice", "cy", c.node_key.public, 10, 5) for _ in range(8)))
+    assert [r["result"] for r in receipts] == ["ok"] * 8
+    await settled(a, b, c)
+    await asyncio.sleep(1.2)  # two more rounds of the ticker, which resends what is unacked
+    attempts = {r["attempt"] for r in receipts}
+    assert sorted(received) == sorted((name, x) for x in attempts for name in (b.name, c.name))
+    assert not b.fed.payments and not a.fed.payments  # every decision acknowledged, stored
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:

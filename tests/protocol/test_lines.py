@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -29,7 +29,8 @@ from protocol.federation import (
     peer_handle,
 )
 from protocol.ledger import LedgerState, Outcome, apply, invariant_violations, new_state
-from protocol.messages import Admit, Genesis, LogEntry, Signed, Unit, sign_message
+from protocol.lines import SIGNATURES, SignatureMemo
+from protocol.messages import Admit, Genesis, LogEntry, Signature, Signed, Unit, sign_message
 
 NOW = 1_800_000_000_000
 HOUR = Unit("HOUR", "hours", 60)
@@ -195,6 +196,38 @@ def test_prepare_signed_by_another_key_or_with_a_wrong_rate_is_refused() -> None
                                  p.amount_to + 1, p.condition, p.expires_at, p.order, p.quote),
                          a.node)
     assert b.apply(wrong).code == ResultCode.amount_mismatch
+
+
+def test_an_embedded_quote_verified_before_does_not_vouch_for_a_forged_copy() -> None:
+    """The quote inside a PREPARE is verified once per node (a memo by its exact bytes and
+    signatures); a copy with a forged signature or changed terms is verified afresh and
+    refused, however often the genuine one was seen."""
+    a, b, line = two()
+    t = attempt(a, b, line, 90)
+    p = t.prepare.msg
+    assert isinstance(p, Prepare)
+    assert SIGNATURES.check(t.quote) == (frozenset({b.node.public}), True)
+    intruder = SecretKey(os.urandom(32))
+    q = t.quote.msg
+    assert isinstance(q, Quote)
+    forged_sig = Signed(q, (Signature(b.node.public, sign_message(q, intruder).sigs[0].sig),))
+    richer = Signed(replace(q, amount=q.amount + 1), t.quote.sigs)  # the same signature
+    for quote in (forged_sig, richer):
+        assert SIGNATURES.check(quote) == (frozenset(), False)
+        prepare = sign_message(replace(p, quote=quote), a.node)
+        assert b.apply(prepare).code == ResultCode.bad_signature
+    assert b.state.holds == {}
+    assert b.apply(t.prepare).code == ResultCode.ok  # the genuine one, remembered, still holds
+
+
+def test_the_signature_memo_keeps_a_bounded_number_of_answers() -> None:
+    memo = SignatureMemo(size=2)
+    a, b, line = two()
+    quotes = [attempt(a, b, line, 10 + i).quote for i in range(3)]
+    for quote in quotes:
+        assert memo.check(quote) == (frozenset({b.node.public}), True)
+    assert memo.get(quotes[0]) is None  # the oldest went first
+    assert memo.get(quotes[2]) == (frozenset({b.node.public}), True)
 
 
 def test_a_replayed_message_answers_exists_and_changes_nothing() -> None:
