@@ -29,7 +29,7 @@ import sys
 import nacl.bindings
 import nacl.exceptions
 
-from protocol.messages import signature_bytes
+from crypto.sigtext import signature_bytes
 
 HEADER = struct.Struct(">I")
 SIG_LEN = struct.Struct(">H")

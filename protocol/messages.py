@@ -22,7 +22,6 @@ collective's smallest unit.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from typing import Any, TypeVar, cast
 
 from crypto.canonical import MAX_SAFE_INTEGER, JSONValue, canonical_json
 from crypto.keys import KeyFormatError, PublicKey, SecretKey
+from crypto.sigtext import SIG_RE as SIG_RE  # re-exported: the spelling checks use it
+from crypto.sigtext import signature_bytes as signature_bytes
 from protocol.codes import ResultCode
 
 # \Z, not $: $ also matches before a trailing newline, which would admit "alice\n" as a
@@ -38,7 +39,6 @@ from protocol.codes import ResultCode
 HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}\Z")
 HEX32_RE = re.compile(r"^[0-9a-f]{32}\Z")
 HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
-SIG_RE = re.compile(r"^[A-Za-z0-9_-]{86}\Z")
 MAX_MEMO_BYTES = 1024
 MAX_NAME_LEN = 64
 MAX_STEWARDS = 64
@@ -459,15 +459,6 @@ def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
         valid_until=valid_until, type="transfer",
     )
     return t, data
-
-
-def signature_bytes(sig: Any) -> bytes | None:
-    """The 64 bytes of a signature written in its one canonical spelling (86 characters of
-    unpadded base64url, the 4 unused bits zero); None for anything else (then it does not
-    verify, as ``crypto.keys.verify_object`` says)."""
-    if type(sig) is str and len(sig) == 86 and sig[-1] in "AQgw" and SIG_RE.match(sig):
-        return base64.urlsafe_b64decode(sig + "==")
-    return None
 
 
 # Parsed public keys by their text: members sign again and again with the same few keys.
