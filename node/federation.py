@@ -262,7 +262,7 @@ class Federation:
         return self.node.node_key.public
 
     async def start(self) -> None:
-        db = self.node.db
+        db = self.node.reader  # not the writer's connection: the writer may be running
         assert db is not None
         async with db.execute("SELECT key, value FROM meta WHERE key LIKE 'peer_url:%'") as cur:
             self.peer_urls = {row[0].split(":", 1)[1]: row[1] async for row in cur}
@@ -1892,7 +1892,7 @@ class Federation:
             raise FederationError(refusal.code, refusal.detail)
 
     async def load_settlements(self) -> None:
-        db = self.node.db
+        db = self.node.reader  # not the writer's connection: the writer may be running
         assert db is not None
         async with db.execute(
                 "SELECT key, value FROM meta WHERE key LIKE 'settlement:%'") as cur:

@@ -99,7 +99,7 @@ class Gossip:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        db = self.node.db
+        db = self.node.reader  # not the writer's connection: the writer may be running
         assert db is not None
         async with db.execute("SELECT value FROM meta WHERE key = 'gossip_counter'") as cur:
             row = await cur.fetchone()

@@ -379,6 +379,8 @@ class Node:
         self.data_dir = data_dir
         self.config = config if config is not None else load_config(data_dir)
         self.clock_ms = clock_ms
+        # The writer's connection: once the writer runs, nothing else may use it (the writer
+        # runs statements on it from the event loop's thread); read through ``reader``.
         self.db: aiosqlite.Connection | None = None
         self.reader: aiosqlite.Connection | None = None
         self.writer: Writer | None = None

@@ -129,7 +129,7 @@ class Witnessing:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        db = self.node.db
+        db = self.node.reader  # not the writer's connection: the writer may be running
         assert db is not None
         logs = {log_origin(p.ledger): log_verifier(p) for p in self.peers()}
         async with db.execute("SELECT origin, note FROM witnessed") as cur:
