@@ -72,9 +72,10 @@ async def read_body(request: web.Request, cap: int) -> bytes:
         return request[BODY]
     if request.content_length is not None and request.content_length > cap:
         raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")
-    if request.content.is_eof():
+    if request.content.is_eof() and request.content.exception() is None:
         # The whole body is already here (a small one arrives with its headers): take it
         # without a timer, which costs more than the read (a few % of a transfer's CPU).
+        # (A client that hung up after sending it has set an exception: the path below.)
         whole = request.content.read_nowait()
         if len(whole) > cap:
             raise Problem(ResultCode.body_too_large, f"the body may be at most {cap} bytes here")

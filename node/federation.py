@@ -1587,7 +1587,10 @@ class Federation:
         db = self.node.reader
         assert db is not None
         out = []
-        async with db.execute("SELECT doc FROM payments") as cur:
+        # Only this order's attempts leave SQLite (the table holds every payment ever made).
+        async with db.execute(
+                "SELECT doc FROM payments "
+                "WHERE json_extract(doc, '$.prepare.msg.order.msg.id') = ?", (order_id,)) as cur:
             async for row in cur:
                 doc = json.loads(row[0])
                 order = doc["prepare"]["msg"]["order"]["msg"]

@@ -208,8 +208,15 @@ class SigWorkers:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "node.sigworker", env=env,
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-                self.procs[i] = proc
-                self.readers[i] = asyncio.create_task(self._read(i, proc))
+                if self.closing:  # close() ran meanwhile: it must not leave this one behind
+                    proc.kill()
+                    await proc.wait()
+                    raise RuntimeError("the node is stopping")
+                # Each worker has its own queue of jobs waiting for answers: a reader still
+                # draining a dead worker's can never take a new worker's jobs.
+                waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+                self.procs[i], self.waiting[i] = proc, waiting
+                self.readers[i] = asyncio.create_task(self._read(i, proc, waiting))
                 starting.set_result(None)
             except BaseException as exc:
                 starting.set_exception(exc)
@@ -223,9 +230,9 @@ class SigWorkers:
         assert proc is not None
         return proc
 
-    async def _read(self, i: int, proc: asyncio.subprocess.Process) -> None:
+    async def _read(self, i: int, proc: asyncio.subprocess.Process,
+                    waiting: collections.deque[asyncio.Future[bytes]]) -> None:
         assert proc.stdout is not None
-        waiting = self.waiting[i]
         try:
             while True:
                 header = await proc.stdout.readexactly(4)
@@ -252,14 +259,19 @@ class SigWorkers:
 
     async def check(self, jobs: list[Job]) -> list[bool]:
         """Each job's verdict, in order: on the least-loaded worker."""
+        if self.closing:
+            raise RuntimeError("the node is stopping")
+        # Built before anything is queued: a job whose frame cannot be built (it raises here)
+        # leaves no answer expected, so no later job can be given another's verdicts.
+        frame = encode_job(jobs)
         i = min(range(self.count), key=self.load.__getitem__)
         self.load[i] += len(jobs) + 1  # counted before any await: the next job goes elsewhere
         try:
             proc = await self._proc(i)
             assert proc.stdin is not None
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            self.waiting[i].append(future)
-            proc.stdin.write(encode_job(jobs))
+            self.waiting[i].append(future)  # the queue of the worker ``_proc`` returned
+            proc.stdin.write(frame)
             answer = await future
         finally:
             self.load[i] = max(0, self.load[i] - len(jobs) - 1)

@@ -10,7 +10,8 @@ in order:
     out: u32 length, then one byte per signature: 1 if it verifies, else 0
 
 The worker exits when its standard input closes: when the node stops, or dies (a SIGKILLed
-node's pipes close with it, so no worker outlives it). It never writes anything else to
+node's pipes close with it, so no worker outlives it). It ignores SIGINT, which a Ctrl-C
+sends to the node's whole process group: the node stops it by closing its input. It never writes anything else to
 standard output; errors go to standard error, and a malformed frame ends the worker (the
 node then fails the jobs it had sent and starts another).
 
@@ -23,6 +24,7 @@ reads a socket.
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 
@@ -89,6 +91,10 @@ def _read_exactly(stream: object, n: int) -> bytes | None:
 
 
 def main() -> int:
+    # Ctrl-C reaches the whole process group: the node then stops, closes our input, and we
+    # end at its end, after answering the jobs it still waits for. SIGTERM/SIGKILL still stop
+    # us at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         header = _read_exactly(stdin, HEADER.size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -139,3 +140,46 @@ def test_workers_exit_when_their_node_is_killed(tmp_path):
                 alive.discard(pid)
         time.sleep(0.05)
     assert not alive, f"signature workers {alive} outlived their node"
+
+
+async def test_a_job_that_cannot_be_sent_leaves_later_verdicts_in_place():
+    """A frame that cannot be built fails its own job only: the next jobs still get their own
+    verdicts (a queued answer for it would hand every later job its neighbour's)."""
+    pool = SigWorkers(1)
+    try:
+        jobs, expected = jobs_with_bad(6)
+        assert await pool.check(jobs) == expected
+        sig, pk, body = jobs[0]
+        with pytest.raises(struct.error):  # a signature too long for its length field
+            await pool.check([("A" * 70000, pk, body)])
+        forged = [(jobs[1][0], jobs[1][1], jobs[1][2])]  # a signature that does not verify
+        assert await pool.check(forged) == [False]
+        assert await pool.check(jobs) == expected
+    finally:
+        await pool.close()
+
+
+async def test_ctrl_c_reaches_the_workers_but_they_wait_for_the_node():
+    pool = SigWorkers(1)
+    try:
+        jobs, expected = jobs_with_bad(4)
+        assert await pool.check(jobs) == expected
+        proc = pool.procs[0]
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGINT)  # what a Ctrl-C sends the node's process group
+        await asyncio.sleep(0.2)
+        assert await pool.check(jobs) == expected
+        assert pool.procs[0] is proc and proc.returncode is None
+    finally:
+        await pool.close()
+    assert proc.returncode == 0  # ended at the end of its input, not by the signal
+
+
+async def test_no_job_is_taken_once_closing():
+    pool = SigWorkers(1)
+    jobs, expected = jobs_with_bad(2)
+    assert await pool.check(jobs) == expected
+    await pool.close()
+    with pytest.raises(RuntimeError, match="stopping"):
+        await pool.check(jobs)
+    assert pool.procs == [None]
