@@ -604,7 +604,12 @@ async def test_a_record_is_not_stored_with_an_entry_the_ledger_refuses(linked: P
     a, b = linked.a, linked.b
     receipt = await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
     await settled(a, b)
-    stored = await a.fed._load_record(receipt["attempt"])
+    deadline = time.monotonic() + 10  # finished once B acknowledged the DECISION (batched)
+    while True:
+        stored = await a.fed._load_record(receipt["attempt"])
+        if (stored is not None and stored.payment.finished) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert stored is not None and stored.payment.finished
     # A FULFIL for a hold A does not have: refused; the record given to store with it is not.
     fulfil = sign_message(Fulfil(new_id(), os.urandom(32).hex()), b.node_key)
