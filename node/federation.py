@@ -40,6 +40,7 @@ from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
+from node.tasks import stop_tasks
 from node.writer import EventRequest, OpRequest, on_loop
 from protocol import settlement as sm
 from protocol.codes import ResultCode
@@ -286,13 +287,7 @@ class Federation:
         self._spawn(self._reconcile_loop())
 
     async def stop(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        for task in list(self.tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_tasks(list(self.tasks))
         for client in self.clients.values():
             await client.close()
         self.clients.clear()
@@ -308,12 +303,8 @@ class Federation:
     # --- storage (through the single writer) --------------------------------------------
 
     async def _set_meta(self, key: str, value: str) -> None:
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (key, value))
-
         assert self.node.writer is not None
-        await self.node.writer.write(run)
+        await self.node.writer.set_meta(key, value)
 
     def _storing(self, record: PaymentRecord, extra: Any = None,
                  only_if: Any = None) -> OpRequest:

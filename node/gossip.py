@@ -36,7 +36,6 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 from aiohttp import web
 
 from crypto.checkpoint import format_checkpoint
@@ -47,6 +46,7 @@ from node.checkpoints import log_origin, log_signer
 from node.client import TallyClient, TallyError
 from node.peerapi import authenticate_peer
 from node.problems import Problem
+from node.tasks import stop_tasks
 from protocol.codes import ResultCode
 from protocol.evidence import Equivocation, EvidenceError, parse_evidence
 from protocol.federation import Line
@@ -115,12 +115,7 @@ class Gossip:
         self.task = asyncio.create_task(self._run(), name="gossip")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_tasks([self.task])
         for client in self.clients.values():
             await client.close()
         self.clients.clear()
@@ -333,12 +328,8 @@ class Gossip:
         }
 
     async def _set_meta(self, key: str, value: str) -> None:
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (key, value))
-
         assert self.node.writer is not None
-        await self.node.writer.write(run)
+        await self.node.writer.set_meta(key, value)
 
 
 # --- routes ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
 from node.sigworker import encode_job
+from node.tasks import stop_tasks
 from node.writer import Writer
 
 if TYPE_CHECKING:
@@ -489,13 +490,7 @@ class Node:
         if self.federation is not None:
             await self.federation.stop()
             self.federation = None
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_tasks(self.tasks)
         self.tasks.clear()
         for conn in (self.reader, self.db):
             if conn is not None:

@@ -61,6 +61,7 @@ from crypto.witness import (
 from node.api import NODE, limit_rate, read_body
 from node.checkpoints import SignedCheckpoint, log_origin
 from node.problems import Problem
+from node.tasks import stop_tasks
 from node.tree import read_hashes
 from protocol.codes import ResultCode
 from protocol.federation import Line, Party
@@ -143,12 +144,7 @@ class Witnessing:
         self.task = asyncio.create_task(self._run(), name="witnessing")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_tasks([self.task])
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -247,6 +247,15 @@ class Writer:
         self.submit_nowait(request)
         await request.future
 
+    async def set_meta(self, key: str, value: str) -> None:
+        """Store ``value`` under ``key`` in the ``meta`` table (replacing it); after COMMIT."""
+
+        async def run(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (key, value))
+
+        await self.write(run)
+
     async def remember_nonce(self, nonce: str, expires: int) -> bool:
         """Record a signed request's nonce durably; False if it was seen before (a replay)."""
         request = NonceRequest(nonce, expires)
