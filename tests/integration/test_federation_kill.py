@@ -108,17 +108,18 @@ class Books:
         assert order not in self.done and order not in self.refused and order not in self.unknown
 
 
-@pytest.fixture
-async def collectives(tmp_path: Path) -> AsyncIterator[dict[str, Collective]]:
+async def start_collectives(tmp_path: Path, nodes: dict[str, tuple[str, Unit]],
+                            config: str) -> AsyncIterator[dict[str, Collective]]:
+    """One node process per side, each with its own data directory and ``config``; every
+    process is cleaned up when the caller is done (also the kill tests' survivors)."""
     procs: list[NodeProcess] = []
     try:
         out: dict[str, Collective] = {}
-        for side, name, unit in (("A", "Riverside", Unit("HOUR", "hours", 60)),
-                                 ("B", "Greenway", Unit("CREDIT", "credits", 100))):
+        for side, (name, unit) in nodes.items():
             data, logs = tmp_path / side, tmp_path / f"{side}-logs"
             data.mkdir(mode=0o700)
             logs.mkdir()
-            (data / "config.toml").write_text(CONFIG)
+            (data / "config.toml").write_text(config)
             await init_data_dir(data, name=name, unit=unit)
             proc = NodeProcess(data, logs)
             procs.append(proc)
@@ -130,6 +131,14 @@ async def collectives(tmp_path: Path) -> AsyncIterator[dict[str, Collective]]:
     finally:
         for proc in procs:
             proc.cleanup()
+
+
+@pytest.fixture
+async def collectives(tmp_path: Path) -> AsyncIterator[dict[str, Collective]]:
+    nodes = {"A": ("Riverside", Unit("HOUR", "hours", 60)),
+             "B": ("Greenway", Unit("CREDIT", "credits", 100))}
+    async for out in start_collectives(tmp_path, nodes, CONFIG):
+        yield out
 
 
 async def setup_line(c: dict[str, Collective]) -> Line:

@@ -37,9 +37,8 @@ from typing import Any
 
 import pytest
 
-from crypto.keys import SecretKey, read_key_file
+from crypto.keys import SecretKey
 from node.client import TallyClient, TallyError
-from node.service import init_data_dir
 from protocol.federation import (
     ROUTING_ACCOUNT,
     Line,
@@ -54,6 +53,7 @@ from tests.integration.test_federation_kill import (
     read_ledger,
     record_order_ids,
     resolve,
+    start_collectives,
     wait_settled,
 )
 from tests.integration.test_federation_kill import (
@@ -103,25 +103,8 @@ class Order:
 
 @pytest.fixture
 async def collectives(tmp_path: Path) -> AsyncIterator[dict[str, Collective]]:
-    procs: list[NodeProcess] = []
-    try:
-        out: dict[str, Collective] = {}
-        for side, (name, unit) in NODES.items():
-            data, logs = tmp_path / side, tmp_path / f"{side}-logs"
-            data.mkdir(mode=0o700)
-            logs.mkdir()
-            (data / "config.toml").write_text(CONFIG)
-            await init_data_dir(data, name=name, unit=unit)
-            proc = NodeProcess(data, logs)
-            procs.append(proc)
-            await proc.start()
-            _, steward = read_key_file(data / "steward.key")
-            _, node_key = read_key_file(data / "node.key")
-            out[side] = Collective(name, proc, steward, node_key.public)
+    async for out in start_collectives(tmp_path, NODES, CONFIG):
         yield out
-    finally:
-        for proc in procs:
-            proc.cleanup()
 
 
 async def setup_lines(c: dict[str, Collective]) -> dict[str, Line]:

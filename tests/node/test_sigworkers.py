@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -50,6 +51,13 @@ def jobs_with_bad(n: int) -> tuple[list[tuple[str, bytes, bytes]], list[bool]]:
     return jobs, expected
 
 
+@pytest.fixture
+async def one_worker() -> AsyncIterator[SigWorkers]:
+    pool = SigWorkers(1)
+    yield pool
+    await pool.close()
+
+
 def test_worker_frame_matches_checking_here():
     jobs, expected = jobs_with_bad(30)
     answer = check_frame(encode_job(jobs)[4:])
@@ -84,25 +92,22 @@ async def test_verifier_through_workers_and_on_the_loop_agree():
         await with_workers.close()
 
 
-async def test_a_dead_worker_fails_its_jobs_and_is_replaced():
-    pool = SigWorkers(1)
-    try:
-        jobs, expected = jobs_with_bad(3)
-        assert await pool.check(jobs) == expected
-        proc = pool.procs[0]
-        assert proc is not None
-        big = jobs_with_bad(3000)[0]  # ~0.3 s of work: the worker dies holding it
-        held = asyncio.create_task(pool.check(big))
-        while not pool.waiting[0]:
-            await asyncio.sleep(0)
-        proc.kill()
-        with pytest.raises(RuntimeError, match="signature worker stopped"):
-            await held
-        # At once, before the dead worker's exit status is even known: a new one answers.
-        assert await asyncio.wait_for(pool.check(jobs), 30) == expected
-        assert pool.procs[0] is not proc
-    finally:
-        await pool.close()
+async def test_a_dead_worker_fails_its_jobs_and_is_replaced(one_worker: SigWorkers):
+    pool = one_worker
+    jobs, expected = jobs_with_bad(3)
+    assert await pool.check(jobs) == expected
+    proc = pool.procs[0]
+    assert proc is not None
+    big = jobs_with_bad(3000)[0]  # ~0.3 s of work: the worker dies holding it
+    held = asyncio.create_task(pool.check(big))
+    while not pool.waiting[0]:
+        await asyncio.sleep(0)
+    proc.kill()
+    with pytest.raises(RuntimeError, match="signature worker stopped"):
+        await held
+    # At once, before the dead worker's exit status is even known: a new one answers.
+    assert await asyncio.wait_for(pool.check(jobs), 30) == expected
+    assert pool.procs[0] is not proc
 
 
 def test_workers_exit_when_their_node_is_killed(tmp_path):
@@ -142,21 +147,18 @@ def test_workers_exit_when_their_node_is_killed(tmp_path):
     assert not alive, f"signature workers {alive} outlived their node"
 
 
-async def test_a_job_that_cannot_be_sent_leaves_later_verdicts_in_place():
+async def test_a_job_that_cannot_be_sent_leaves_later_verdicts_in_place(one_worker: SigWorkers):
     """A frame that cannot be built fails its own job only: the next jobs still get their own
     verdicts (a queued answer for it would hand every later job its neighbour's)."""
-    pool = SigWorkers(1)
-    try:
-        jobs, expected = jobs_with_bad(6)
-        assert await pool.check(jobs) == expected
-        sig, pk, body = jobs[0]
-        with pytest.raises(struct.error):  # a signature too long for its length field
-            await pool.check([("A" * 70000, pk, body)])
-        forged = [(jobs[1][0], jobs[1][1], jobs[1][2])]  # a signature that does not verify
-        assert await pool.check(forged) == [False]
-        assert await pool.check(jobs) == expected
-    finally:
-        await pool.close()
+    pool = one_worker
+    jobs, expected = jobs_with_bad(6)
+    assert await pool.check(jobs) == expected
+    sig, pk, body = jobs[0]
+    with pytest.raises(struct.error):  # a signature too long for its length field
+        await pool.check([("A" * 70000, pk, body)])
+    forged = [(jobs[1][0], jobs[1][1], jobs[1][2])]  # a signature that does not verify
+    assert await pool.check(forged) == [False]
+    assert await pool.check(jobs) == expected
 
 
 async def test_ctrl_c_reaches_the_workers_but_they_wait_for_the_node():
