@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import aiosqlite
-import nacl.bindings
-import nacl.exceptions
 
 from crypto.keys import SecretKey, read_key_file, write_key_file
 from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
-from node.sigworker import encode_job
+from node.sigworker import Job, encode_job, open_signed
 from node.tasks import stop_tasks
 from node.writer import Writer
 
@@ -42,7 +40,7 @@ if TYPE_CHECKING:
     from node.gossip import Gossip
     from node.witness import Witnessing
 from protocol.ledger import LedgerState, Policy, SigCheck
-from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message, signature_bytes
+from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
 
 log = logging.getLogger(__name__)
 
@@ -122,27 +120,6 @@ def check_signatures(items: list[Signed]) -> list[SigCheck]:
 
 # --- signature checks off the event loop ----------------------------------------------------
 
-Job = tuple[str, bytes, bytes]  # (signature as written, public key, the bytes it signs)
-
-
-def open_signed(jobs: list[Job]) -> list[bool]:
-    """Verify each job; runs in a worker (a thread or a process). Per item: decode the
-    signature, then one libsodium call, which releases the GIL."""
-    out = []
-    for sig, pk, body in jobs:
-        raw = signature_bytes(sig)
-        if raw is None:
-            out.append(False)
-            continue
-        try:
-            nacl.bindings.crypto_sign_open(raw + body, pk)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            out.append(False)
-        else:
-            out.append(True)
-    return out
-
-
 def _jobs(items: list[Signed]) -> list[Job]:
     """One job per signature, in order."""
     return [(sig.sig, sig.key.raw, signed.signed_bytes) for signed in items for sig in signed.sigs]
@@ -176,6 +153,21 @@ def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
     return out
 
 
+class _Worker:
+    """One running worker process, and the answers it owes, in the order of its jobs."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
+        self.reader: asyncio.Task[None] | None = None  # reads its answers; ends when it does
+
+    @property
+    def alive(self) -> bool:
+        stdin = self.proc.stdin
+        return (self.proc.returncode is None and stdin is not None and not stdin.is_closing()
+                and self.reader is not None and not self.reader.done())
+
+
 class SigWorkers:
     """Worker processes (``python -m node.sigworker``) that check signatures, each fed jobs
     over its standard input and answering on its standard output, in order. The event loop
@@ -186,59 +178,54 @@ class SigWorkers:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.procs: list[asyncio.subprocess.Process | None] = [None] * count
-        self.waiting: list[collections.deque[asyncio.Future[bytes]]] = [
-            collections.deque() for _ in range(count)]
-        self.load = [0] * count  # signatures sent to each worker and not yet answered
-        self.readers: list[asyncio.Task[None] | None] = [None] * count
+        self.workers: list[_Worker | None] = [None] * count
+        self.load = [0] * count  # signatures sent to each slot's worker, not yet answered
         self.starting: list[asyncio.Future[None] | None] = [None] * count
         self.closing = False
 
-    async def _proc(self, i: int) -> asyncio.subprocess.Process:
-        proc = self.procs[i]
-        if (proc is not None and proc.returncode is None and proc.stdin is not None
-                and not proc.stdin.is_closing()):
-            return proc
+    async def _worker(self, i: int) -> _Worker:
+        worker = self.workers[i]
+        if worker is not None and worker.alive:
+            return worker
         starting = self.starting[i]
-        if starting is None:
-            starting = self.starting[i] = asyncio.get_running_loop().create_future()
-            try:
-                env = dict(os.environ)
-                root = str(Path(__file__).resolve().parent.parent)  # where ``node`` lives
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "node.sigworker", env=env,
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-                if self.closing:  # close() ran meanwhile: it must not leave this one behind
-                    proc.kill()
-                    await proc.wait()
-                    raise RuntimeError("the node is stopping")
-                # Each worker has its own queue of jobs waiting for answers: a reader still
-                # draining a dead worker's can never take a new worker's jobs.
-                waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
-                self.procs[i], self.waiting[i] = proc, waiting
-                self.readers[i] = asyncio.create_task(self._read(i, proc, waiting))
-                starting.set_result(None)
-            except BaseException as exc:
-                starting.set_exception(exc)
-                starting.exception()  # retrieved: others awaiting it get it raised
-                raise
-            finally:
-                self.starting[i] = None
-        else:
+        if starting is not None:  # another job is starting this slot's worker
             await starting
-        proc = self.procs[i]
-        assert proc is not None
-        return proc
+            worker = self.workers[i]
+            assert worker is not None
+            return worker
+        starting = self.starting[i] = asyncio.get_running_loop().create_future()
+        try:
+            env = dict(os.environ)
+            root = str(Path(__file__).resolve().parent.parent)  # where ``node`` lives
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "node.sigworker", env=env,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            if self.closing:  # close() ran meanwhile: it must not leave this one behind
+                proc.kill()
+                await proc.wait()
+                raise RuntimeError("the node is stopping")
+            # A new worker, with its own queue of owed answers: a reader still draining a
+            # dead worker's queue can never take the new one's.
+            worker = self.workers[i] = _Worker(proc)
+            worker.reader = asyncio.create_task(self._read(i, worker))
+            starting.set_result(None)
+            return worker
+        except BaseException as exc:
+            starting.set_exception(exc)
+            starting.exception()  # retrieved: others awaiting it get it raised
+            raise
+        finally:
+            self.starting[i] = None
 
-    async def _read(self, i: int, proc: asyncio.subprocess.Process,
-                    waiting: collections.deque[asyncio.Future[bytes]]) -> None:
-        assert proc.stdout is not None
+    async def _read(self, i: int, worker: _Worker) -> None:
+        stdout = worker.proc.stdout
+        assert stdout is not None
         try:
             while True:
-                header = await proc.stdout.readexactly(4)
-                answer = await proc.stdout.readexactly(int.from_bytes(header, "big"))
-                future = waiting.popleft()
+                header = await stdout.readexactly(4)
+                answer = await stdout.readexactly(int.from_bytes(header, "big"))
+                future = worker.waiting.popleft()
                 if not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError, IndexError) as exc:
@@ -246,17 +233,17 @@ class SigWorkers:
                 log.warning("a signature worker stopped (%s); starting another on the next "
                             "job", exc.__class__.__name__)
         finally:
-            while waiting:
-                future = waiting.popleft()
+            while worker.waiting:
+                future = worker.waiting.popleft()
                 if not future.done():
                     future.set_exception(RuntimeError("a signature worker stopped"))
-            self.load[i] = 0
-            if self.procs[i] is proc:
+            if self.workers[i] is worker:
                 # Gone from here on, even before its exit status is known: the next job
                 # starts another worker instead of writing to this one's pipe.
-                self.procs[i] = None
-            if proc.returncode is None:
-                proc.kill()
+                self.workers[i] = None
+                self.load[i] = 0
+            if worker.proc.returncode is None:
+                worker.proc.kill()
 
     async def check(self, jobs: list[Job]) -> list[bool]:
         """Each job's verdict, in order: on the least-loaded worker."""
@@ -268,11 +255,12 @@ class SigWorkers:
         i = min(range(self.count), key=self.load.__getitem__)
         self.load[i] += len(jobs) + 1  # counted before any await: the next job goes elsewhere
         try:
-            proc = await self._proc(i)
-            assert proc.stdin is not None
+            worker = await self._worker(i)
+            stdin = worker.proc.stdin
+            assert stdin is not None
             future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-            self.waiting[i].append(future)  # the queue of the worker ``_proc`` returned
-            proc.stdin.write(frame)
+            worker.waiting.append(future)
+            stdin.write(frame)
             answer = await future
         finally:
             self.load[i] = max(0, self.load[i] - len(jobs) - 1)
@@ -282,20 +270,19 @@ class SigWorkers:
 
     async def close(self) -> None:
         self.closing = True
-        for i, proc in enumerate(self.procs):
-            if proc is None:
+        for i, worker in enumerate(self.workers):
+            if worker is None:
                 continue
-            if proc.stdin is not None:
-                proc.stdin.close()  # the worker ends at the end of its input
+            if worker.proc.stdin is not None:
+                worker.proc.stdin.close()  # the worker ends at the end of its input
             try:
-                await asyncio.wait_for(proc.wait(), 5)
+                await asyncio.wait_for(worker.proc.wait(), 5)
             except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            reader = self.readers[i]
-            if reader is not None:
-                await reader
-            self.procs[i] = self.readers[i] = None
+                worker.proc.kill()
+                await worker.proc.wait()
+            if worker.reader is not None:
+                await worker.reader
+            self.workers[i] = None
 
 
 class Verifier:

@@ -38,8 +38,29 @@ SIG_LEN = struct.Struct(">H")
 MSG_LEN = struct.Struct(">I")
 
 
-def encode_job(jobs: list[tuple[str, bytes, bytes]]) -> bytes:
-    """One frame for ``jobs`` of (signature as written, 32-byte public key, signed bytes)."""
+Job = tuple[str, bytes, bytes]  # (signature as written, public key, the bytes it signs)
+
+
+def open_signed(jobs: list[Job]) -> list[bool]:
+    """Each job's verdict: its signature, in its one spelling, verifies over its bytes with
+    its key. One libsodium call per job (it releases the GIL)."""
+    out = []
+    for sig, pk, body in jobs:
+        raw = signature_bytes(sig)
+        if raw is None:
+            out.append(False)
+            continue
+        try:
+            nacl.bindings.crypto_sign_open(raw + body, pk)
+        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+            out.append(False)
+        else:
+            out.append(True)
+    return out
+
+
+def encode_job(jobs: list[Job]) -> bytes:
+    """One frame for ``jobs``."""
     parts: list[bytes] = []
     for sig, pk, body in jobs:
         raw = sig.encode("utf-8", "replace") if type(sig) is str else b""
@@ -48,34 +69,28 @@ def encode_job(jobs: list[tuple[str, bytes, bytes]]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def check_frame(payload: bytes) -> bytes:
-    """The answer to one job frame: a byte per signature, 1 where it verifies."""
-    out = bytearray()
+def decode_job(payload: bytes) -> list[Job]:
+    """The jobs of one frame's payload (``encode_job`` without its length header)."""
+    jobs: list[Job] = []
     view = memoryview(payload)
     at, end = 0, len(payload)
     while at < end:
         (n,) = SIG_LEN.unpack_from(view, at)
-        at += 2
-        sig = bytes(view[at : at + n]).decode("utf-8", "replace")
-        at += n
+        sig = bytes(view[at + 2 : at + 2 + n]).decode("utf-8", "replace")
+        at += 2 + n
         pk = bytes(view[at : at + 32])
-        at += 32
-        (m,) = MSG_LEN.unpack_from(view, at)
-        at += 4
-        body = bytes(view[at : at + m])
+        (m,) = MSG_LEN.unpack_from(view, at + 32)
+        at += 36
+        jobs.append((sig, pk, bytes(view[at : at + m])))
         at += m
-        raw = signature_bytes(sig)
-        ok = 0
-        if raw is not None and len(pk) == 32:
-            try:
-                nacl.bindings.crypto_sign_open(raw + body, pk)
-                ok = 1
-            except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-                pass
-        out.append(ok)
     if at != end:
         raise ValueError("a job frame ends inside a signature")
-    return bytes(out)
+    return jobs
+
+
+def check_frame(payload: bytes) -> bytes:
+    """The answer to one job frame: a byte per signature, 1 where it verifies."""
+    return bytes(open_signed(decode_job(payload)))
 
 
 def _read_exactly(stream: object, n: int) -> bytes | None:

@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from crypto.keys import SecretKey
-from node.service import SigWorkers, Verifier, open_signed
-from node.sigworker import check_frame, encode_job
+from node.service import SigWorkers, Verifier
+from node.sigworker import check_frame, encode_job, open_signed
 from protocol.messages import Transfer, sign_message
 
 KEY = SecretKey.from_random(bytes(range(32)))
@@ -78,7 +78,7 @@ async def test_workers_answer_in_order_across_many_jobs():
         assert answers == [expected for _, expected in batches]
     finally:
         await pool.close()
-    assert all(p is None for p in pool.procs)
+    assert pool.workers == [None, None]
 
 
 async def test_verifier_through_workers_and_on_the_loop_agree():
@@ -96,18 +96,19 @@ async def test_a_dead_worker_fails_its_jobs_and_is_replaced(one_worker: SigWorke
     pool = one_worker
     jobs, expected = jobs_with_bad(3)
     assert await pool.check(jobs) == expected
-    proc = pool.procs[0]
-    assert proc is not None
+    worker = pool.workers[0]
+    assert worker is not None
+    proc = worker.proc
     big = jobs_with_bad(3000)[0]  # ~0.3 s of work: the worker dies holding it
     held = asyncio.create_task(pool.check(big))
-    while not pool.waiting[0]:
+    while not worker.waiting:
         await asyncio.sleep(0)
     proc.kill()
     with pytest.raises(RuntimeError, match="signature worker stopped"):
         await held
     # At once, before the dead worker's exit status is even known: a new one answers.
     assert await asyncio.wait_for(pool.check(jobs), 30) == expected
-    assert pool.procs[0] is not proc
+    assert pool.workers[0] is not worker
 
 
 def test_workers_exit_when_their_node_is_killed(tmp_path):
@@ -117,7 +118,7 @@ def test_workers_exit_when_their_node_is_killed(tmp_path):
         async def main():
             pool = SigWorkers(2)
             await asyncio.gather(pool.check([]), pool.check([]))
-            print(" ".join(str(p.pid) for p in pool.procs), flush=True)
+            print(" ".join(str(w.proc.pid) for w in pool.workers), flush=True)
             await asyncio.sleep(3600)
         asyncio.run(main())
     """)
@@ -166,12 +167,13 @@ async def test_ctrl_c_reaches_the_workers_but_they_wait_for_the_node():
     try:
         jobs, expected = jobs_with_bad(4)
         assert await pool.check(jobs) == expected
-        proc = pool.procs[0]
-        assert proc is not None
+        worker = pool.workers[0]
+        assert worker is not None
+        proc = worker.proc
         os.kill(proc.pid, signal.SIGINT)  # what a Ctrl-C sends the node's process group
         await asyncio.sleep(0.2)
         assert await pool.check(jobs) == expected
-        assert pool.procs[0] is proc and proc.returncode is None
+        assert pool.workers[0] is worker and proc.returncode is None
     finally:
         await pool.close()
     assert proc.returncode is not None  # and it ended when its input did
@@ -184,4 +186,4 @@ async def test_no_job_is_taken_once_closing():
     await pool.close()
     with pytest.raises(RuntimeError, match="stopping"):
         await pool.check(jobs)
-    assert pool.procs == [None]
+    assert pool.workers == [None]
