@@ -40,6 +40,7 @@ from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
+from node.problems import FederationError
 from node.tasks import stop_tasks
 from node.writer import EventRequest, OpRequest, on_loop
 from protocol import settlement as sm
@@ -66,15 +67,6 @@ if TYPE_CHECKING:
     from node.service import Node
 
 log = logging.getLogger(__name__)
-
-
-class FederationError(Exception):
-    """A payment or line request refused; ``code`` is a ResultCode."""
-
-    def __init__(self, code: ResultCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass

@@ -348,24 +348,15 @@ async def _signed_body(request: web.Request) -> tuple[Any, PublicKey]:
     return await read_json(request, node.config.gossip.max_message_bytes), sender
 
 
-def _problem(exc: GossipError) -> Problem:
-    return Problem(exc.code, exc.message)
-
 
 async def post_exchange(request: web.Request) -> web.Response:
     body, sender = await _signed_body(request)
-    try:
-        return web.json_response(_gossip(request).answer(body, sender))
-    except GossipError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(_gossip(request).answer(body, sender))
 
 
 async def post_push(request: web.Request) -> web.Response:
     body, _ = await _signed_body(request)
-    try:
-        return web.json_response(await _gossip(request).receive(body))
-    except GossipError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _gossip(request).receive(body))
 
 
 async def get_nodes(request: web.Request) -> web.Response:

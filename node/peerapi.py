@@ -24,7 +24,7 @@ from node.api import (
     read_json,
     verify_signed,
 )
-from node.federation import MAX_DECISIONS, FederationError
+from node.federation import MAX_DECISIONS
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
@@ -65,9 +65,6 @@ async def authenticate_peer(request: web.Request, known_only: bool = True) -> Pu
     return verified.signer
 
 
-def _problem(exc: FederationError) -> Problem:
-    return Problem(exc.code, exc.detail)
-
 
 async def _body(request: web.Request, spec: dict[str, Any]) -> dict[str, Any]:
     node = request.app[NODE]
@@ -80,11 +77,8 @@ async def _body(request: web.Request, spec: dict[str, Any]) -> dict[str, Any]:
 async def peer_lines(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request, known_only=False)
     body = await _body(request, {"line": lambda f, v: parse_signed(v, LINE, f), "url": URL})
-    try:
-        return web.json_response(await _fed(request).receive_line(body["line"], body["url"],
-                                                                  sender))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).receive_line(body["line"], body["url"],
+                                                              sender))
 
 
 async def peer_quote(request: web.Request) -> web.Response:
@@ -94,21 +88,15 @@ async def peer_quote(request: web.Request) -> web.Response:
             "order": lambda f, v: parse_signed(v, frozenset({"payment_order"}), f),
             "attempt": hex128, "path": path_of_keys,
         }, "body", optional_fields=frozenset({"path"}))
-    try:
-        quote = await _fed(request).quote(body["order"], body["attempt"], sender,
-                                          body.get("path", ()))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    quote = await _fed(request).quote(body["order"], body["attempt"], sender,
+                                      body.get("path", ()))
     return web.json_response({"quote": quote.to_json()})
 
 
 async def peer_prepare(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
     body = await _body(request, {"prepare": lambda f, v: parse_signed(v, frozenset({"prepare"}), f)})
-    try:
-        answer = await _fed(request).receive_prepare(body["prepare"], sender)
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    answer = await _fed(request).receive_prepare(body["prepare"], sender)
     if answer is None:
         # Forwarded, and no answer from downstream yet: send the same PREPARE again later.
         return web.json_response({"pending": {"id": body["prepare"].msg.id,
@@ -121,11 +109,8 @@ async def peer_statement(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
     body = await _body(request,
                        {"statement": lambda f, v: parse_signed(v, frozenset({"statement"}), f)})
-    try:
-        return web.json_response(await _fed(request).receive_statement(body["statement"],
-                                                                       sender))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).receive_statement(body["statement"],
+                                                                   sender))
 
 
 async def get_lines_status(request: web.Request) -> web.Response:
@@ -134,10 +119,7 @@ async def get_lines_status(request: web.Request) -> web.Response:
     fed = _fed(request)
     results = []
     for line_id in list(request.app[NODE].ledger.lines):
-        try:
-            results.append(await fed.reconcile(line_id))
-        except FederationError as exc:
-            raise _problem(exc) from exc
+        results.append(await fed.reconcile(line_id))
     return web.json_response({"lines": results})
 
 
@@ -151,10 +133,7 @@ async def peer_decision(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
     body = await _body(request,
                        {"decision": lambda f, v: parse_signed(v, frozenset({"decision"}), f)})
-    try:
-        return web.json_response(await _fed(request).receive_decision(body["decision"], sender))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).receive_decision(body["decision"], sender))
 
 
 async def peer_decisions(request: web.Request) -> web.Response:
@@ -186,10 +165,7 @@ async def post_payment(request: web.Request) -> web.Response:
     order = parse_signed(await read_json(request, node.config.api.max_body_bytes),
                          frozenset({"payment_order"}))
     limit_rate(request, order.sigs[0].key.text)
-    try:
-        result = await _fed(request).pay(order)
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    result = await _fed(request).pay(order)
     # 202: neither done nor refused yet (the node could not finish in time); not final.
     return web.json_response(result, status=202 if result["result"] == "pending" else 201)
 
@@ -266,18 +242,15 @@ async def post_line(request: web.Request) -> web.Response:
     body = await _body(request, {"line": lambda f, v: parse_signed(v, LINE, f), "url": URL,
                                  "action": text(None, 10)})
     fed = _fed(request)
-    try:
-        if body["action"] == "propose":
-            result = await fed.propose_line(body["line"], body["url"])
-        elif body["action"] == "accept":
-            result = await fed.accept_line(body["line"])
-        elif body["action"] == "suspend":
-            result = await fed.suspend_line(body["line"])
-        else:
-            raise Problem(ResultCode.invalid_field,
-                          'action must be "propose", "accept" or "suspend"')
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    if body["action"] == "propose":
+        result = await fed.propose_line(body["line"], body["url"])
+    elif body["action"] == "accept":
+        result = await fed.accept_line(body["line"])
+    elif body["action"] == "suspend":
+        result = await fed.suspend_line(body["line"])
+    else:
+        raise Problem(ResultCode.invalid_field,
+                      'action must be "propose", "accept" or "suspend"')
     return web.json_response(result, status=201)
 
 
@@ -287,20 +260,14 @@ SETTLEMENT = frozenset({"line_settlement"})
 async def peer_suspension(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
     body = await _body(request, {"line": lambda f, v: parse_signed(v, LINE, f)})
-    try:
-        return web.json_response(await _fed(request).receive_suspension(body["line"], sender))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).receive_suspension(body["line"], sender))
 
 
 async def peer_settlements(request: web.Request) -> web.Response:
     sender = await authenticate_peer(request)
     body = await _body(request, {"settlement": lambda f, v: parse_signed(v, SETTLEMENT, f)})
-    try:
-        return web.json_response(await _fed(request).receive_settlement(body["settlement"],
-                                                                        sender))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).receive_settlement(body["settlement"],
+                                                                    sender))
 
 
 async def post_settlement(request: web.Request) -> web.Response:
@@ -308,15 +275,12 @@ async def post_settlement(request: web.Request) -> web.Response:
     body = await _body(request, {"settlement": lambda f, v: parse_signed(v, SETTLEMENT, f),
                                  "action": text(None, 10)})
     fed = _fed(request)
-    try:
-        if body["action"] == "propose":
-            result = await fed.propose_settlement(body["settlement"])
-        elif body["action"] == "accept":
-            result = await fed.accept_settlement(body["settlement"])
-        else:
-            raise Problem(ResultCode.invalid_field, 'action must be "propose" or "accept"')
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    if body["action"] == "propose":
+        result = await fed.propose_settlement(body["settlement"])
+    elif body["action"] == "accept":
+        result = await fed.accept_settlement(body["settlement"])
+    else:
+        raise Problem(ResultCode.invalid_field, 'action must be "propose" or "accept"')
     return web.json_response(result, status=201)
 
 
@@ -343,10 +307,7 @@ async def resolve_dispute(request: web.Request) -> web.Response:
 
     if not HEX32_RE.match(dispute_id):
         raise Problem(ResultCode.invalid_field, "a dispute id is 32 lowercase hex digits")
-    try:
-        return web.json_response(await _fed(request).resolve_dispute(dispute_id, body["note"]))
-    except FederationError as exc:
-        raise _problem(exc) from exc
+    return web.json_response(await _fed(request).resolve_dispute(dispute_id, body["note"]))
 
 
 async def _protocol_header(request: web.Request, response: web.StreamResponse) -> None:

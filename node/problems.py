@@ -28,6 +28,7 @@ from crypto.canonical import CanonicalError
 from crypto.httpsig import SignedRequestError
 from node.writer import Overloaded
 from protocol.codes import ResultCode
+from protocol.gossip import GossipError
 from protocol.messages import MessageError
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,15 @@ def problem_response(problem: Problem, instance: str) -> web.Response:
     )
 
 
+class FederationError(Exception):
+    """A payment or line request refused; ``code`` is a ResultCode."""
+
+    def __init__(self, code: ResultCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 def _code(value: str, fallback: ResultCode) -> ResultCode:
     try:
         return ResultCode(value)
@@ -146,6 +156,10 @@ def translate(exc: BaseException) -> Problem | None:
         return Problem(_code(exc.code, ResultCode.invalid_json), exc.message)
     if isinstance(exc, MessageError):
         return Problem(exc.code, exc.message, field=exc.field)
+    if isinstance(exc, FederationError):  # a payment, line or peer request refused
+        return Problem(exc.code, exc.detail)
+    if isinstance(exc, GossipError):  # a gossiped item refused by the merge
+        return Problem(exc.code, exc.message)
     if isinstance(exc, SignedRequestError):
         # Every fault of a signed read is a failed authentication, bad_signature included
         # (which is 422 when a transfer's own signature fails a ledger rule).

@@ -17,7 +17,7 @@ import pytest
 
 from node.audit import audit_log, http_source
 from node.client import TallyError
-from node.federation import FederationError
+from node.problems import FederationError
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import SETTLEMENT_ACCOUNT, Decision, Fulfil, Prepare
