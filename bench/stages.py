@@ -24,8 +24,9 @@ from pathlib import Path
 from bench.sign import Signer, member_key
 from crypto.canonical import parse_json
 from crypto.keys import read_key_file
-from node.api import _apply_one, parse_transfer_item
+from node.api import _apply_one
 from node.config import Config
+from node.intake import parse_transfer_item
 from node.service import STEWARD_KEY, Node, init_data_dir
 from node.writer import EventRequest
 from protocol.messages import Admit, sign_message

@@ -24,25 +24,22 @@ from crypto.canonical import parse_json
 from crypto.httpsig import VerifiedRequest, verify_request
 from crypto.keys import PublicKey
 from node import storage
+from node.intake import Memo, TransferItem
 from node.openapi import openapi_document
 from node.problems import Problem, problem_middleware
 from node.ratelimit import RateLimiter
 from node.service import Node
-from node.writer import Memo
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
-from protocol.ledger import Outcome, memo_hash
+from protocol.ledger import Outcome, SigCheck
 from protocol.messages import (
     HEX32_RE,
-    MAX_MEMO_BYTES,
     STEWARD_ACT_TYPES,
     MessageError,
     Signed,
     Transfer,
-    check_fields,
     parse_log_entry,
     parse_signed,
-    text,
 )
 from protocol.messages import (
     handle as check_handle,
@@ -52,7 +49,6 @@ NODE = web.AppKey("node", Node)
 LIMITER = web.AppKey("limiter", RateLimiter)  # per member or steward key
 PEER_LIMITER = web.AppKey("peer_limiter", RateLimiter)  # per peer node key
 
-TRANSFER_TYPES = frozenset({"transfer"})
 JSON_TYPES = ("application/json", "application/problem+json")
 
 
@@ -106,12 +102,16 @@ async def read_body(request: web.Request, cap: int) -> bytes:
     return request[BODY]
 
 
-async def read_json(request: web.Request, cap: int) -> Any:
+def check_json_type(request: web.Request) -> None:
     if request.content_type not in JSON_TYPES:
         raise Problem(
             ResultCode.unsupported_media_type,
             f"send the body as application/json, not {request.content_type or 'nothing'}",
         )
+
+
+async def read_json(request: web.Request, cap: int) -> Any:
+    check_json_type(request)
     return parse_json(await read_body(request, cap))
 
 
@@ -220,53 +220,6 @@ def refusal(outcome: Outcome) -> Problem:
     return Problem(outcome.code, outcome.detail or outcome.code.value.replace("_", " "))
 
 
-# --- parsing submissions --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TransferItem:
-    signed: Signed
-    memo: Memo | None
-
-
-MEMO_SPEC = {
-    "text": text(None, MAX_MEMO_BYTES),
-    "salt": text(HEX32_RE, 32, "must be 32 lowercase hex digits (16 random bytes)"),
-}
-
-
-def parse_transfer_item(obj: Any, where: str) -> TransferItem:
-    if type(obj) is dict and len(obj) == 1 and "transfer" in obj:  # no memo: the usual case
-        signed = parse_signed(obj["transfer"], TRANSFER_TYPES, f"{where}.transfer")
-        assert isinstance(signed.msg, Transfer)
-        return TransferItem(signed, None)
-    fields = check_fields(
-        obj,
-        {"transfer": lambda f, v: v, "memo": lambda f, v: v},
-        where,
-        optional_fields=frozenset({"memo"}),
-    )
-    signed = parse_signed(fields["transfer"], TRANSFER_TYPES, f"{where}.transfer")
-    msg = signed.msg
-    assert isinstance(msg, Transfer)
-    memo = None
-    if fields["memo"] is not None:
-        m = check_fields(fields["memo"], MEMO_SPEC, f"{where}.memo")
-        if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
-            raise MessageError(
-                ResultCode.invalid_field, f"memo may be at most {MAX_MEMO_BYTES} bytes"
-            )
-        salt = bytes.fromhex(m["salt"])
-        if msg.memo_hash != memo_hash(salt, m["text"]):
-            raise MessageError(
-                ResultCode.invalid_field,
-                f"{where}.memo does not match the memo_hash the payer signed",
-                f"{where}.memo",
-            )
-        memo = Memo(m["text"], salt)
-    return TransferItem(signed, memo)
-
-
 # --- handlers -------------------------------------------------------------------------------
 
 
@@ -333,40 +286,38 @@ def _accepted(signed: Signed, outcome: Outcome) -> web.Response:
 
 async def post_transfer(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    item = parse_transfer_item(await read_json(request, node.config.api.max_body_bytes), "body")
+    check_json_type(request)
+    # Parsed and its signature checked in a signature worker, so the rate limit is taken
+    # after the check (a forger cannot spend a member's allowance).
+    ((item, check),) = await node.read_transfers(
+        await read_body(request, node.config.api.max_body_bytes))  # type: ignore[misc]
     limit_rate(request, item.signed.sigs[0].key.text)
-    return _accepted(item.signed, await _apply_one(node, item.signed, item.memo))
+    assert node.writer is not None
+    return _accepted(item.signed, await node.writer.submit(item.signed, check, item.memo))
 
 
 async def post_batch(request: web.Request) -> web.Response:
     node = request.app[NODE]
     cfg = node.config.api
-    body = await read_json(request, cfg.max_batch_body_bytes)
-    fields = check_fields(body, {"transfers": lambda f, v: v}, "body")
-    raw = fields["transfers"]
-    if not isinstance(raw, list) or not raw:
-        raise MessageError(ResultCode.invalid_field, "body.transfers must be a non-empty list")
-    if len(raw) > cfg.max_batch:
-        raise Problem(
-            ResultCode.batch_too_large, f"a batch may hold at most {cfg.max_batch} transfers"
-        )
-    results: list[dict[str, Any] | None] = [None] * len(raw)
-    items: list[tuple[int, TransferItem]] = []
-    for i, obj in enumerate(raw):
-        try:
-            items.append((i, parse_transfer_item(obj, f"transfers[{i}]")))
-        except MessageError as exc:
-            results[i] = {"result": exc.code.value, "detail": exc.message}
+    check_json_type(request)
+    read = await node.read_transfers(
+        await read_body(request, cfg.max_batch_body_bytes), cfg.max_batch)
+    results: list[dict[str, Any] | None] = [None] * len(read)
+    items: list[tuple[int, TransferItem, SigCheck]] = []
+    for i, r in enumerate(read):
+        if isinstance(r, MessageError):
+            results[i] = {"result": r.code.value, "detail": r.message}
+        else:
+            items.append((i, r[0], r[1]))
     if items:
-        keys = {item.signed.sigs[0].key for _, item in items}
+        keys = {item.signed.sigs[0].key for _, item, _ in items}
         for key in keys:
             limit_rate(request, key.text, cost=max(1.0, len(items) / len(keys) / 10))
-        checks = await node.verify([item.signed for _, item in items])
         assert node.writer is not None
         outcomes = await node.writer.submit_batch(
-            [(item.signed, check, item.memo) for (_, item), check in zip(items, checks)]
+            [(item.signed, check, item.memo) for _, item, check in items]
         )
-        for (i, item), outcome in zip(items, outcomes):
+        for (i, item, _), outcome in zip(items, outcomes):
             if outcome.code in (ResultCode.ok, ResultCode.exists):
                 results[i] = receipt(item.signed, outcome)
             else:
@@ -536,8 +487,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/v1/events/{id}", get_event)
     app.router.add_post("/v1/accounts/{handle}/erase-memos", erase_memos)
     # The log routes need this module's NODE and authenticate: registered here, imported late.
-    from node.logapi import add_log_routes
     from node.gossip import add_gossip_routes
+    from node.logapi import add_log_routes
     from node.peerapi import add_federation_routes
 
     add_log_routes(app)

@@ -28,7 +28,8 @@ class NodeSettings:
     listen: str = "127.0.0.1:7300"  # HOST:PORT the HTTP API binds to
     public_url: str = ""  # the URL members and peers use, if not http://<listen>
     log_level: str = "info"
-    # Processes that check members' signatures beside the event loop; 0: on the loop itself.
+    # Processes that parse transfers and check signatures beside the event loop; 0: on the
+    # loop itself.
     signature_workers: int = 2
 
 

@@ -27,11 +27,24 @@ from typing import TYPE_CHECKING
 
 import aiosqlite
 
+from crypto.canonical import parse_json
 from crypto.keys import SecretKey, read_key_file, write_key_file
 from node import storage
 from node.checkpoints import Checkpointer, check_not_forked, log_signer
 from node.config import Config, load_config
-from node.sigworker import Job, encode_job, open_signed
+from node.intake import Read, TransferItem, parse_transfer_item, read_transfers, rebuild
+from node.sigworker import (
+    BATCH,
+    HEADER,
+    SIGNATURES,
+    TRANSFER,
+    Job,
+    Part,
+    encode_frame,
+    encode_signatures,
+    open_signed,
+    split_answers,
+)
 from node.tasks import stop_tasks
 from node.writer import Writer
 
@@ -40,7 +53,7 @@ if TYPE_CHECKING:
     from node.gossip import Gossip
     from node.witness import Witnessing
 from protocol.ledger import LedgerState, Policy, SigCheck
-from protocol.messages import Genesis, LogEntry, Signed, Unit, sign_message
+from protocol.messages import Genesis, LogEntry, MessageError, Signed, Unit, sign_message
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +258,16 @@ class SigWorkers:
             if worker.proc.returncode is None:
                 worker.proc.kill()
 
-    async def check(self, jobs: list[Job]) -> list[bool]:
-        """Each job's verdict, in order: on the least-loaded worker."""
+    async def run(self, parts: list[Part], weight: int) -> list[bytes]:
+        """Each part's answer, in order, from the least-loaded worker. ``weight`` is the
+        work the parts carry (in signatures), for choosing that worker."""
         if self.closing:
             raise RuntimeError("the node is stopping")
         # Built before anything is queued: a job whose frame cannot be built (it raises here)
-        # leaves no answer expected, so no later job can be given another's verdicts.
-        frame = encode_job(jobs)
+        # leaves no answer expected, so no later job can be given another's answers.
+        frame = encode_frame(parts)
         i = min(range(self.count), key=self.load.__getitem__)
-        self.load[i] += len(jobs) + 1  # counted before any await: the next job goes elsewhere
+        self.load[i] += weight + 1  # counted before any await: the next job goes elsewhere
         try:
             worker = await self._worker(i)
             stdin = worker.proc.stdin
@@ -263,7 +277,15 @@ class SigWorkers:
             stdin.write(frame)
             answer = await future
         finally:
-            self.load[i] = max(0, self.load[i] - len(jobs) - 1)
+            self.load[i] = max(0, self.load[i] - weight - 1)
+        answers = split_answers(answer)
+        if len(answers) != len(parts):
+            raise RuntimeError("a signature worker answered the wrong number of parts")
+        return answers
+
+    async def check(self, jobs: list[Job]) -> list[bool]:
+        """Each signature's verdict, in order."""
+        (answer,) = await self.run([(SIGNATURES, encode_signatures(jobs))], len(jobs))
         if len(answer) != len(jobs):
             raise RuntimeError("a signature worker answered the wrong number of verdicts")
         return [b == 1 for b in answer]
@@ -286,15 +308,16 @@ class SigWorkers:
 
 
 class Verifier:
-    """Checks signatures off the event loop, in worker processes (``SigWorkers``).
+    """Checks signatures, and reads transfer bodies, off the event loop: in worker processes
+    (``SigWorkers``).
 
-    Jobs of few signatures (a single transfer, an act) wait in a queue that is sent whole to
-    a worker when one is free, so the transfers of concurrent requests are verified together
-    in one job: one round trip per job, not per request. Jobs of ``SPLIT`` or more (a batch
-    request) are split across every worker at once.
+    Small jobs (a single transfer's body, an act's signatures) wait in a queue that is sent
+    whole to a worker, as one frame, when one is free: the requests read in one round of the
+    loop share one round trip. A batch body goes to a worker at once, in a frame of its own;
+    a call to verify ``SPLIT`` or more signatures is split across every worker.
 
-    ``workers=0`` checks on the event loop itself (libsodium, ~100 µs a signature): for a
-    node that must not start processes.
+    ``workers=0`` does it all on the event loop itself (libsodium, ~100 µs a signature): for
+    a node that must not start processes.
     """
 
     SPLIT = 64  # signatures from which one call is split across the workers
@@ -302,7 +325,7 @@ class Verifier:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool = SigWorkers(workers) if workers else None
-        self.pending: list[tuple[list[Job], int, asyncio.Future[list[bool]]]] = []
+        self.pending: list[tuple[Part, int, asyncio.Future[bytes]]] = []
         self.in_flight = 0
         self.scheduled = False
 
@@ -324,47 +347,63 @@ class Verifier:
             ))
             good = [ok for part in parts for ok in part]
         else:
-            future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
-            self.pending.append((jobs, len(jobs), future))
-            if not self.scheduled:
-                self.scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
-            good = await future
+            answer = await self._queue((SIGNATURES, encode_signatures(jobs)), len(jobs))
+            if len(answer) != len(jobs):
+                raise RuntimeError("a signature worker answered the wrong number of verdicts")
+            good = [b == 1 for b in answer]
         return _sigchecks(items, good)
 
+    async def read_transfers(self, body: bytes, max_batch: int = 0) -> list[Read]:
+        """``node.intake.read_transfers`` of ``body`` (``max_batch`` 0: a single transfer's
+        body), in a worker; ``node.intake.rebuild`` of its answer."""
+        if self.pool is None:
+            answer = read_transfers(body, max_batch)
+        elif max_batch:
+            (answer,) = await self.pool.run([(BATCH, HEADER.pack(max_batch) + body)],
+                                            len(body) // 400 + 1)
+        else:
+            answer = await self._queue((TRANSFER, body), 1)
+        return rebuild(answer)
+
+    def _queue(self, part: Part, weight: int) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.pending.append((part, weight, future))
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
     def _flush(self) -> None:
-        """Hand everything queued to a free worker as one job (after the loop's current
+        """Hand everything queued to a free worker as one frame (after the loop's current
         round, so that the requests read in it join)."""
         self.scheduled = False
         if not self.pending or self.in_flight >= self.workers:
-            return  # a job in flight flushes again when it ends
+            return  # a frame in flight flushes again when it is answered
         waiting, self.pending = self.pending, []
-        jobs = [job for part, _, _ in waiting for job in part]
         assert self.pool is not None
         self.in_flight += 1
-        done = asyncio.ensure_future(self.pool.check(jobs))
+        done = asyncio.ensure_future(
+            self.pool.run([part for part, _, _ in waiting], sum(w for _, w, _ in waiting)))
         done.add_done_callback(lambda f: self._answer(waiting, f))
 
     def _answer(
         self,
-        waiting: list[tuple[list[Job], int, asyncio.Future[list[bool]]]],
-        done: asyncio.Future[list[bool]],
+        waiting: list[tuple[Part, int, asyncio.Future[bytes]]],
+        done: asyncio.Future[list[bytes]],
     ) -> None:
         self.in_flight -= 1
         if self.pending and not self.scheduled:
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         exc = done.exception() if not done.cancelled() else asyncio.CancelledError()
-        start = 0
-        good = None if exc is not None else done.result()
-        for _, n, future in waiting:
+        answers = None if exc is not None else done.result()
+        for i, (_, _, future) in enumerate(waiting):
             if future.done():
                 pass
-            elif good is None:
+            elif answers is None:
                 future.set_exception(exc)  # type: ignore[arg-type]
             else:
-                future.set_result(good[start : start + n])
-            start += n
+                future.set_result(answers[i])
 
 
 class Node:
@@ -489,3 +528,19 @@ class Node:
         """Check signatures (``Signed.verified_signers`` of each item) off the event loop:
         see ``Verifier``."""
         return await self.verifier.verify(items)
+
+    async def read_transfers(
+        self, body: bytes, max_batch: int = 0
+    ) -> list[tuple[TransferItem, SigCheck] | MessageError]:
+        """The transfers of a ``POST /v1/transfers`` body (``max_batch`` 0) or of a batch
+        body, parsed and their signatures checked off the event loop (``node.intake``): each
+        with its check, or the ``MessageError`` refusing it alone. Raises the
+        ``CanonicalError`` or ``MessageError`` refusing the whole body."""
+        read = await self.verifier.read_transfers(body, max_batch)
+        slow = [i for i, r in enumerate(read) if isinstance(r, bytes)]
+        if slow:  # several signatures: parsed here, checked like any other signed message
+            items = [parse_transfer_item(parse_json(read[i]), f"transfers[{i}]")  # type: ignore[arg-type]
+                     for i in slow]
+            for i, item, check in zip(slow, items, await self.verify([t.signed for t in items])):
+                read[i] = (item, check)
+        return read  # type: ignore[return-value]

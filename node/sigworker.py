@@ -2,12 +2,19 @@
 
     python -m node.sigworker      # started by ``node.service.SigWorkers``, not by hand
 
-Layer: node (no asyncio here: it blocks on its pipe). A job is one frame in, one frame out,
-in order:
+Layer: node (no asyncio here: it blocks on its pipe). A frame in is answered by one frame
+out, in order; a frame holds parts, each answered in turn:
 
-    in:  u32 length, then per signature: u16 len + the signature as written (base64url),
-         32 bytes of public key, u32 len + the bytes it signs
-    out: u32 length, then one byte per signature: 1 if it verifies, else 0
+    in:  u32 length, then per part: u8 kind, u32 length, the part
+    out: u32 length, then per part: u32 length, its answer
+
+    kind 0, signatures: per signature, u16 len + the signature as written (base64url),
+            32 bytes of public key, u32 len + the bytes it signs;
+            answer: one byte per signature, 1 if it verifies, else 0
+    kind 1, a ``POST /v1/transfers`` body;
+    kind 2, u32 most transfers allowed + a ``POST /v1/transfers/batch`` body;
+            answer (both): its transfers parsed and their signatures checked
+            (``node.intake.read_transfers``)
 
 The worker exits when its standard input closes: when the node stops, or dies (a SIGKILLed
 node's pipes close with it, so no worker outlives it). It ignores SIGINT, which a Ctrl-C
@@ -34,11 +41,15 @@ import nacl.exceptions
 from crypto.sigtext import signature_bytes
 
 HEADER = struct.Struct(">I")
+PART = struct.Struct(">BI")
 SIG_LEN = struct.Struct(">H")
 MSG_LEN = struct.Struct(">I")
 
+SIGNATURES, TRANSFER, BATCH = 0, 1, 2  # the kinds of part
+
 
 Job = tuple[str, bytes, bytes]  # (signature as written, public key, the bytes it signs)
+Part = tuple[int, bytes]  # (kind, what it carries)
 
 
 def open_signed(jobs: list[Job]) -> list[bool]:
@@ -59,21 +70,20 @@ def open_signed(jobs: list[Job]) -> list[bool]:
     return out
 
 
-def encode_job(jobs: list[Job]) -> bytes:
-    """One frame for ``jobs``."""
+def encode_signatures(jobs: list[Job]) -> bytes:
+    """A signatures part for ``jobs``."""
     parts: list[bytes] = []
     for sig, pk, body in jobs:
         raw = sig.encode("utf-8", "replace") if type(sig) is str else b""
         parts += (SIG_LEN.pack(len(raw)), raw, pk, MSG_LEN.pack(len(body)), body)
-    payload = b"".join(parts)
-    return HEADER.pack(len(payload)) + payload
+    return b"".join(parts)
 
 
-def decode_job(payload: bytes) -> list[Job]:
-    """The jobs of one frame's payload (``encode_job`` without its length header)."""
+def decode_signatures(data: bytes) -> list[Job]:
+    """The jobs of a signatures part."""
     jobs: list[Job] = []
-    view = memoryview(payload)
-    at, end = 0, len(payload)
+    view = memoryview(data)
+    at, end = 0, len(data)
     while at < end:
         (n,) = SIG_LEN.unpack_from(view, at)
         sig = bytes(view[at + 2 : at + 2 + n]).decode("utf-8", "replace")
@@ -84,13 +94,61 @@ def decode_job(payload: bytes) -> list[Job]:
         jobs.append((sig, pk, bytes(view[at : at + m])))
         at += m
     if at != end:
-        raise ValueError("a job frame ends inside a signature")
+        raise ValueError("a signatures part ends inside a signature")
     return jobs
 
 
-def check_frame(payload: bytes) -> bytes:
-    """The answer to one job frame: a byte per signature, 1 where it verifies."""
-    return bytes(open_signed(decode_job(payload)))
+def encode_frame(parts: list[Part]) -> bytes:
+    """One frame (with its length) holding ``parts``."""
+    chunks = []
+    for kind, data in parts:
+        chunks += (PART.pack(kind, len(data)), data)
+    payload = b"".join(chunks)
+    return HEADER.pack(len(payload)) + payload
+
+
+def answer_part(kind: int, data: bytes) -> bytes:
+    """The answer to one part."""
+    if kind == SIGNATURES:
+        return bytes(open_signed(decode_signatures(data)))
+    from node.intake import read_transfers  # (it imports this module)
+
+    if kind == TRANSFER:
+        return read_transfers(data, 0)
+    if kind == BATCH:
+        (most,) = HEADER.unpack_from(data)
+        return read_transfers(data[HEADER.size :], max(1, most))
+    raise ValueError(f"no such kind of part: {kind}")
+
+
+def answer_frame(payload: bytes) -> bytes:
+    """The answers to one frame's parts (``encode_frame`` without its length), each with
+    its length."""
+    out: list[bytes] = []
+    view = memoryview(payload)
+    at, end = 0, len(payload)
+    while at < end:
+        if end - at < PART.size:
+            raise ValueError("a frame ends inside a part's header")
+        kind, n = PART.unpack_from(view, at)
+        at += PART.size
+        if end - at < n:
+            raise ValueError("a frame ends inside a part")
+        answer = answer_part(kind, bytes(view[at : at + n]))
+        at += n
+        out += (HEADER.pack(len(answer)), answer)
+    return b"".join(out)
+
+
+def split_answers(payload: bytes) -> list[bytes]:
+    """The answers in an answer frame's payload, in order."""
+    answers = []
+    at, end = 0, len(payload)
+    while at < end:
+        (n,) = HEADER.unpack_from(payload, at)
+        answers.append(payload[at + 4 : at + 4 + n])
+        at += 4 + n
+    return answers
 
 
 def _read_exactly(stream: object, n: int) -> bytes | None:
@@ -117,7 +175,7 @@ def main() -> int:
             return 0  # the node closed the pipe: stop
         (length,) = HEADER.unpack(header)
         payload = _read_exactly(stdin, length) if length else b""
-        answer = check_frame(payload or b"")
+        answer = answer_frame(payload or b"")
         stdout.write(HEADER.pack(len(answer)) + answer)
         stdout.flush()
 

@@ -47,18 +47,13 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from node import storage
+from node.intake import Memo
 from node.tree import TreeAppender
 from protocol.codes import ResultCode
 from protocol.ledger import LedgerState, Outcome, Policy, Seen, SigCheck, apply, seen_key
 from protocol.messages import Genesis, SetStewards, Signed, Transfer, encode_entry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Memo:
-    text: str
-    salt: bytes
 
 
 @dataclass

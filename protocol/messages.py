@@ -446,6 +446,15 @@ def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
         and (memo is None or (type(memo) is str and HEX64_RE.match(memo)))
     ):
         return None
+    return _transfer(ledger, id_, payer, payee, amount, memo, valid_until)
+
+
+def _transfer(
+    ledger: str, id_: str, payer: str, payee: str, amount: int, memo: str | None,
+    valid_until: int,
+) -> tuple[Transfer, bytes]:
+    """The Transfer of fields already checked, with its RFC 8785 bytes (written directly: the
+    strings allowed in these fields need no escaping)."""
     memo_json = "null" if memo is None else f'"{memo}"'
     data = (
         f'{{"amount":{amount},"id":"{id_}","ledger":"{ledger}","memo_hash":{memo_json},'
@@ -459,6 +468,38 @@ def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
         valid_until=valid_until, type="transfer",
     )
     return t, data
+
+
+def _signed_once(msg: Transfer, data: bytes, key: PublicKey, key_text: str, sig: str) -> Signed:
+    signed = Signed(msg=msg, sigs=(Signature(key, sig),))
+    signed.__dict__["signed_bytes"] = data
+    signed.__dict__["canonical"] = (
+        b'{"msg":' + data + f',"sigs":[{{"key":"{key_text}","sig":"{sig}"}}]}}'.encode("ascii")
+    )
+    return signed
+
+
+def signed_transfer(
+    ledger: str, id_: str, payer: str, payee: str, amount: int, memo: str | None,
+    valid_until: int, key_text: str, sig: str, signed_bytes: bytes, canonical: bytes,
+) -> Signed:
+    """The signed transfer, with one signature, that ``parse_signed`` made of these fields
+    and bytes (``Signed.signed_bytes`` and ``Signed.canonical``): for values it has already
+    checked (in a signature worker, see ``node.intake``), rebuilt without checking them or
+    writing the bytes again."""
+    t = object.__new__(Transfer)  # as in _transfer: the frozen dataclasses' __init__ is slow
+    t.__dict__.update(
+        ledger=ledger, id=id_, payer=payer, payee=payee, amount=amount, memo_hash=memo,
+        valid_until=valid_until, type="transfer",
+    )
+    key = _key(key_text)
+    assert key is not None, "signed_transfer is for keys already parsed"
+    signature = object.__new__(Signature)
+    signature.__dict__.update(key=key, sig=sig)
+    signed = object.__new__(Signed)
+    signed.__dict__.update(msg=t, sigs=(signature,), signed_bytes=signed_bytes,
+                           canonical=canonical)
+    return signed
 
 
 # Parsed public keys by their text: members sign again and again with the same few keys.
@@ -556,13 +597,7 @@ def _fast_signed(obj: Any, allowed: frozenset[str] | None) -> Signed | None:
     fast = _fast_transfer(msg_obj)
     if fast is None:
         return None
-    msg, data = fast
-    signed = Signed(msg=msg, sigs=(Signature(key, sig),))
-    signed.__dict__["signed_bytes"] = data
-    signed.__dict__["canonical"] = (
-        b'{"msg":' + data + f',"sigs":[{{"key":"{key_text}","sig":"{sig}"}}]}}'.encode("ascii")
-    )
-    return signed
+    return _signed_once(fast[0], fast[1], key, key_text, sig)
 
 
 def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "body") -> Signed:

@@ -42,7 +42,7 @@ from crypto.tiles import (
     tile_path,
 )
 from crypto.tlogproof import TlogProofError, format_tlog_proof, parse_tlog_proof
-from node.api import parse_transfer_item
+from node.intake import parse_transfer_item
 from protocol.federation import (
     FEDERATION_TYPES,
     Decision,

@@ -18,7 +18,7 @@ import pytest
 
 from crypto.keys import SecretKey
 from node.service import SigWorkers, Verifier
-from node.sigworker import check_frame, encode_job, open_signed
+from node.sigworker import SIGNATURES, answer_frame, encode_frame, encode_signatures, open_signed
 from protocol.messages import Transfer, sign_message
 
 KEY = SecretKey.from_random(bytes(range(32)))
@@ -60,14 +60,14 @@ async def one_worker() -> AsyncIterator[SigWorkers]:
 
 def test_worker_frame_matches_checking_here():
     jobs, expected = jobs_with_bad(30)
-    answer = check_frame(encode_job(jobs)[4:])
+    answer = answer_frame(encode_frame([(SIGNATURES, encode_signatures(jobs))])[4:])[4:]
     assert [b == 1 for b in answer] == expected == open_signed(jobs)
 
 
 def test_truncated_frame_is_refused_not_misread():
-    frame = encode_job(jobs_with_bad(2)[0])[4:]
+    frame = encode_frame([(SIGNATURES, encode_signatures(jobs_with_bad(2)[0]))])[4:]
     with pytest.raises(ValueError):
-        check_frame(frame[:-10])
+        answer_frame(frame[:-10])
 
 
 async def test_workers_answer_in_order_across_many_jobs():
