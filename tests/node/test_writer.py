@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from typing import Any
 
+import pytest
+
 from crypto.keys import SecretKey
-from node.writer import Writer
+from node.writer import BIG_COMMIT, Writer
 from protocol.messages import Signed, Transfer, sign_message
 from tests.node.conftest import Collective
 
@@ -68,3 +71,44 @@ async def test_a_read_sees_every_acknowledged_commit_while_another_read_is_half_
             assert await cur.fetchone() == (outcome.index,)
         rest = await scan.fetchall()
     assert len(rest) >= 3
+
+
+async def test_a_big_batch_is_durable_when_answered(coop: Collective) -> None:
+    """A transaction of BIG_COMMIT entries or more commits in aiosqlite's thread: its events
+    are in the database when the batch is answered, and the writer goes on after it."""
+    w = the_writer(coop)
+    size = coop.node.ledger.size
+    big = [event(transfer(coop, coop.alice, "alice", "bob", 1)) for _ in range(BIG_COMMIT)]
+    assert all(o.code.value == "ok" for o in await w.submit_batch(big))
+    reader = coop.node.reader
+    assert reader is not None
+    async with reader.execute("SELECT count(*) FROM log WHERE idx >= ?", (size,)) as cur:
+        assert (await cur.fetchone()) == (BIG_COMMIT,)
+    outcome = await w.submit(*event(transfer(coop, coop.bob, "bob", "alice", 5))[:2])
+    assert outcome.code.value == "ok" and outcome.index == size + BIG_COMMIT
+    assert (await balances(coop))["alice"] == -BIG_COMMIT + 5
+
+
+async def test_a_big_commit_that_fails_applies_nothing(coop: Collective, monkeypatch) -> None:
+    """When the COMMIT of a big transaction fails (in aiosqlite's thread), every request in
+    it fails, nothing is applied, and the next batch is applied as if it never was."""
+    w = the_writer(coop)
+    before = await balances(coop)
+    size = coop.node.ledger.size
+    real = w.db.execute
+    failed = []
+
+    def execute(sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and not failed:
+            failed.append(sql)
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(sql, *args)
+
+    monkeypatch.setattr(w.db, "execute", execute)
+    big = [event(transfer(coop, coop.alice, "alice", "bob", 1)) for _ in range(BIG_COMMIT)]
+    with pytest.raises(RuntimeError, match="storage failure"):
+        await w.submit_batch(big)
+    assert failed and await balances(coop) == before and coop.node.ledger.size == size
+    retry = await w.submit_batch(big)  # the same transfers, applied now, at the same indexes
+    assert [o.index for o in retry] == list(range(size, size + BIG_COMMIT))
+    assert (await balances(coop))["alice"] == before["alice"] - BIG_COMMIT
