@@ -42,7 +42,7 @@ from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
 from node.problems import FederationError
 from node.tasks import stop_tasks
-from node.writer import EventRequest, OpRequest, on_loop
+from node.writer import EventRequest, SqlRequest
 from protocol import settlement as sm
 from protocol.codes import ResultCode
 from protocol.federation import (
@@ -299,24 +299,24 @@ class Federation:
         await self.node.writer.set_meta(key, value)
 
     def _storing(self, record: PaymentRecord, extra: Any = None,
-                 only_if: Any = None) -> OpRequest:
-        """The writer's request that stores ``record`` as it is now (and runs ``extra``);
-        with ``only_if``, only if that returns True when the writer runs it."""
-        doc = record.to_doc()
-        finished = 1 if record.payment.finished else 0
-        now = self.now()
+                 only_if: Any = None) -> SqlRequest:
+        """The writer's request that stores ``record`` as it is now (and runs ``extra``, a
+        function of the writer's ``sqlite3.Connection``); with ``only_if``, only if that
+        returns True when the writer runs it. Run in the writer's transaction on the event
+        loop's thread: a payment stores its record several times, none a hop to a thread."""
+        row = (record.payment.id, record.to_doc(), 1 if record.payment.finished else 0,
+               self.now())
 
-        async def run(db: aiosqlite.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> None:
             if only_if is not None and not only_if():
                 return
-            await db.execute(
+            conn.execute(
                 "INSERT OR REPLACE INTO payments (id, doc, finished, updated) VALUES (?, ?, ?, ?)",
-                (record.payment.id, doc, finished, now),
-            )
+                row)
             if extra is not None:
-                await extra(db)
+                extra(conn)
 
-        return OpRequest(run)
+        return SqlRequest(run)
 
     def _stored(self, record: PaymentRecord) -> None:
         if record.payment.finished:
@@ -1258,7 +1258,7 @@ class Federation:
             raise FederationError(ResultCode.account_not_found, f"no member {order.payee!r} here")
         if payee.status != "open":
             raise FederationError(ResultCode.account_closed, f"{order.payee!r} is closed")
-        rows = await self._read(  # this attempt's quote, and any fulfilled one of the order
+        rows = self._lookup(  # this attempt's quote, and any fulfilled one of the order
             "SELECT id, order_id, doc, fulfilled FROM quotes WHERE id = ? OR order_id = ?",
             (attempt_id, order.id))
         if any(row[1] == order.id and row[3] for row in rows):
@@ -1283,12 +1283,9 @@ class Federation:
             stored.append(conn.execute("SELECT doc FROM quotes WHERE id = ?",
                                        (attempt_id,)).fetchone()[0])
 
-        async def run(db: aiosqlite.Connection) -> None:
-            # Read back in the same transaction: whatever a twin stored is the one quote.
-            on_loop(db, insert)
-
         assert self.node.writer is not None
-        await self.node.writer.write(run)  # stored before the quote leaves this node
+        # Read back in the same transaction: whatever a twin stored is the one quote.
+        await self.node.writer.write_sql(insert)  # stored before the quote leaves this node
         if stored[0] == doc:
             return quote
         return parse_signed(json.loads(stored[0]), frozenset({"quote"}))  # the twin's
@@ -1393,7 +1390,7 @@ class Federation:
         record = await self._record_of(p)
         if record is not None and record.answer is not None:
             return record.answer  # idempotent: the same answer again
-        rows = await self._read(  # this attempt's quote, and the other quotes of its order
+        rows = self._lookup(  # this attempt's quote, and the other quotes of its order
             "SELECT id, fulfilment, order_id, fulfilled FROM quotes WHERE id = ? OR order_id = "
             "(SELECT order_id FROM quotes WHERE id = ?)", (p.id, p.id))
         row = next((r for r in rows if r[0] == p.id), None)
@@ -1415,8 +1412,8 @@ class Federation:
                 self._risk_check(line, p.amount_to, p.expires_at)
             except FederationError as exc:
                 return await self._refuse_prepare(signed, exc.code.value, exc.detail)
-        async def mark(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
+        def mark(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE quotes SET fulfilled = 1 WHERE id = ?", (p.id,))
 
         if record is None:
             record = PaymentRecord(sm.start_destination(p.id, bytes.fromhex(p.condition),
@@ -1557,14 +1554,14 @@ class Federation:
         return record
 
     async def _load_record(self, attempt_id: str) -> PaymentRecord | None:
-        rows = await self._read("SELECT doc FROM payments WHERE id = ?", (attempt_id,))
+        rows = self._lookup("SELECT doc FROM payments WHERE id = ?", (attempt_id,))
         return PaymentRecord.from_json(json.loads(rows[0][0])) if rows else None
 
-    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """The rows of one query on the reading connection, in one hop to its thread (not one
-        each for the query, the fetch and the cursor's close)."""
-        assert self.node.reader is not None
-        return list(await self.node.reader.execute_fetchall(sql, params))
+    def _lookup(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """The rows of one indexed query (a payment's record, its quotes), read on the event
+        loop's thread: no hop to a thread for a read of a few rows (``PointReader``)."""
+        assert self.node.lookup is not None
+        return self.node.lookup.rows(sql, params)
 
     async def payment_status(self, order_id: str) -> list[dict[str, Any]]:
         db = self.node.reader

@@ -13,14 +13,15 @@ events) and await the outcome. The writer task takes whatever is queued — up t
 1. reads which of the batch's event ids were applied before (ids are unique forever);
 2. runs the pure ledger rules (``protocol.ledger.apply``) on each request in order;
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
-   postings, memos, event ids) and any signed-request nonces.
+   postings, memos, event ids) and any signed-request nonces, then runs the batch's
+   ``SqlRequest``s (writes beside the ledger rules, such as a payment's record).
 
 Steps 1 and 3 each run as one plain ``sqlite3`` call sequence *on the event loop's thread*
 (``on_loop``); step 3 includes the COMMIT unless an ``OpRequest`` must run in between (ops
-use the connection through aiosqlite, awaited one at a time). Only after COMMIT returns are
-the requests answered, so an acknowledged event is durable, and a refused one wrote nothing.
-If the transaction fails, the in-memory state is reloaded from the database and every
-request in the batch gets ``internal_error`` (nothing applied).
+use the connection through aiosqlite, awaited one at a time, after every ``SqlRequest``).
+Only after COMMIT returns are the requests answered, so an acknowledged event is durable,
+and a refused one wrote nothing. If the transaction fails, the in-memory state is reloaded
+from the database and every request in the batch gets ``internal_error`` (nothing applied).
 
 Why on the loop's thread, blocking it for the inserts and the fsync: in aiosqlite's thread
 every SQLite step releases the GIL and must win it back from a busy event loop, which holds
@@ -96,7 +97,19 @@ class OpRequest:
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-Request = EventRequest | EventBatch | NonceRequest | OpRequest
+@dataclass
+class SqlRequest:
+    """A write beside the ledger rules that needs no await: ``run(conn)`` gets the writer's
+    own ``sqlite3.Connection`` and runs on the event loop's thread, inside the batch's
+    transaction, after the batch's entries and before its COMMIT, like the batch's own
+    inserts (no hop to aiosqlite's thread, no COMMIT of its own)."""
+
+    run: Callable[[sqlite3.Connection], None]
+    future: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+Request = EventRequest | EventBatch | NonceRequest | OpRequest | SqlRequest
 
 T = TypeVar("T")
 
@@ -158,15 +171,19 @@ def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) 
             start += size
 
 
-def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool) -> None:
+def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]],
+           sql_ops: list[SqlRequest], commit: bool) -> None:
     """BEGIN IMMEDIATE, every statement (for a list of rows, an INSERT of all of them; else
-    ``execute``), then COMMIT if ``commit``. On failure the caller rolls back."""
+    ``execute``), every ``SqlRequest`` in queue order, then COMMIT if ``commit``. On
+    failure the caller rolls back."""
     conn.execute("BEGIN IMMEDIATE")
     for sql, rows in statements:
         if isinstance(rows, list):
             _insert_rows(conn, sql, rows)
         else:
             conn.execute(sql, rows)
+    for op in sql_ops:
+        op.run(conn)
     if commit:
         conn.execute("COMMIT")
 
@@ -247,14 +264,20 @@ class Writer:
         self.submit_nowait(request)
         await request.future
 
+    async def write_sql(self, run: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``run(conn)`` inside the next batch's transaction (see ``SqlRequest``);
+        return after COMMIT."""
+        request = SqlRequest(run)
+        self.submit_nowait(request)
+        await request.future
+
     async def set_meta(self, key: str, value: str) -> None:
         """Store ``value`` under ``key`` in the ``meta`` table (replacing it); after COMMIT."""
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (key, value))
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-        await self.write(run)
+        await self.write_sql(run)
 
     async def remember_nonce(self, nonce: str, expires: int) -> bool:
         """Record a signed request's nonce durably; False if it was seen before (a replay)."""
@@ -326,6 +349,7 @@ class Writer:
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []
         ops: list[OpRequest] = []
+        sql_ops: list[SqlRequest] = []
         stewards_changed = False
         lines_changed: set[str] = set()
         holds_changed: set[str] = set()
@@ -334,6 +358,10 @@ class Writer:
         for request in batch:
             if isinstance(request, OpRequest):
                 ops.append(request)
+                results.append(True)
+                continue
+            if isinstance(request, SqlRequest):
+                sql_ops.append(request)
                 results.append(True)
                 continue
             if isinstance(request, NonceRequest):
@@ -376,7 +404,7 @@ class Writer:
                                          if k in state.holds)
             results.append(outcomes[0] if isinstance(request, EventRequest) else outcomes)
 
-        if not entries and not new_nonces and not ops:
+        if not entries and not new_nonces and not ops and not sql_ops:
             return results
 
         db = self.db
@@ -441,8 +469,9 @@ class Writer:
                 prune = True
                 statements.append(("DELETE FROM nonces WHERE expires < ?", (now // 1000,)))
         try:
-            # BEGIN, every statement and (unless ops must run first) COMMIT, on this thread.
-            on_loop(db, _write, statements, not ops)
+            # BEGIN, every statement, the SQL ops and (unless ops must run first) COMMIT, on
+            # this thread.
+            on_loop(db, _write, statements, sql_ops, not ops)
             for op in ops:
                 await op.run(db)
             if ops:

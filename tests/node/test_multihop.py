@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
 from crypto.canonical import canonical_json
@@ -153,6 +155,36 @@ async def test_each_line_gets_one_decision_per_payment(
     attempts = {r["attempt"] for r in receipts}
     assert sorted(received) == sorted((name, x) for x in attempts for name in (b.name, c.name))
     assert not b.fed.payments and not a.fed.payments  # every decision acknowledged, stored
+
+
+async def test_a_payment_takes_no_hop_to_a_database_thread_on_any_node(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every record a payment stores, and every record or quote it reads, is written or
+    read on the event loop's thread (in the writer's transaction, or by a point read): a
+    hop to aiosqlite's thread must win the GIL back from a busy loop, which under load cost
+    more than the query itself."""
+    a, b, c = net.a, net.b, net.c
+    alice = a.member("alice")
+    assert (await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5))["result"] == "ok"
+    await settled(a, b, c)
+    hops: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = traceback.extract_stack()
+        if any(f.filename.endswith(("node/federation.py", "node/peerapi.py")) for f in stack):
+            hops.append(next(f"{f.name} ({f.lineno})" for f in reversed(stack)
+                             if f.filename.endswith(("federation.py", "peerapi.py"))))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    receipts = await asyncio.gather(*(
+        alice.pay_remote("alice", "cy", c.node_key.public, 10, 5) for _ in range(6)))
+    assert [r["result"] for r in receipts] == ["ok"] * 6
+    await settled(a, b, c)
+    await asyncio.sleep(0.6)  # the DECISIONs' acknowledgements, stored
+    assert not a.fed.payments and not b.fed.payments
+    assert hops == []
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:
