@@ -466,9 +466,9 @@ class Federation:
         return out
 
     def routes_to(self, destination: PublicKey, amount: int) -> list[Route]:
-        avoid = frozenset(e.line for e in self.edges()
-                          if self.distrusted(e.a) or self.distrusted(e.b))
-        return routes(self.edges(), self.key, destination, amount,
+        edges = self.edges()
+        avoid = frozenset(e.line for e in edges if self.distrusted(e.a) or self.distrusted(e.b))
+        return routes(edges, self.key, destination, amount,
                       max_hops=self.cfg.max_hops, limit=self.cfg.max_routes, avoid=avoid)
 
     def distrusted(self, key: PublicKey) -> bool:
@@ -531,10 +531,12 @@ class Federation:
     def _knows(self, key: PublicKey) -> bool:
         return key in self.parties()
 
-    def _name_of(self, key: PublicKey) -> str:
+    def _name_of(self, key: PublicKey, parties: dict[PublicKey, dict[str, Any]] | None = None
+                 ) -> str:
         if key == self.key:
             return self.node.ledger.genesis.name
-        return str(self.parties().get(key, {}).get("name", key.key_id))
+        known = self.parties() if parties is None else parties
+        return str(known.get(key, {}).get("name", key.key_id))
 
     def graph(self) -> list[dict[str, Any]]:
         """What we tell our peers: our lines and the ones we learned, signed by both nodes
@@ -803,11 +805,12 @@ class Federation:
                 ResultCode(code) if code in ResultCode.__members__ else ResultCode.rejected,
                 result.get("detail", ""),
             )
+        parties = self.parties()  # once for the route's names, not once per name
         return {**result, "order": order.id, "attempt": attempt_id, "amount_paid": amount_from,
                 # What the payee is credited: at least the quote's amount (each hop converts
                 # what it received, rounding down, and forwards all of it).
                 "amount_received": _arrives(route, amount_from),
-                "route": [self._name_of(k) for k in route.nodes],
+                "route": [self._name_of(k, parties) for k in route.nodes],
                 "quote": quote_signed.to_json()}
 
     async def _drive_outbound(self, record: PaymentRecord) -> None:

@@ -22,6 +22,7 @@ collective's smallest unit.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -517,6 +518,13 @@ class Signed:
             sigs = ",".join(f'{{"key":"{s.key.text}","sig":"{s.sig}"}}' for s in self.sigs)
             return b'{"msg":' + self.signed_bytes + b',"sigs":[' + sigs.encode("ascii") + b"]}"
         return canonical_json(self.to_json())
+
+    @cached_property
+    def identity(self) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
+        """SHA-256 of ``signed_bytes`` with every signature as written: two values with the
+        same identity have the same ``verified_signers()``."""
+        return (hashlib.sha256(self.signed_bytes).digest(),
+                tuple((s.key.raw, s.sig) for s in self.sigs))
 
     def verified_signers(self) -> tuple[frozenset[PublicKey], bool]:
         """(keys whose signature verifies, whether every signature verified)."""
