@@ -9,6 +9,7 @@ whose clock is off by more than a quarter of the expiry margin is refused.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +20,6 @@ from node.api import (
     NODE,
     PEER_LIMITER,
     authenticate,
-    consume_nonce,
     limit_rate,
     read_json,
     verify_signed,
@@ -61,8 +61,32 @@ async def authenticate_peer(request: web.Request, known_only: bool = True) -> Pu
         raise
     if known_only and _fed(request).line_with(verified.signer) is None:
         raise Problem(ResultCode.unknown_peer, "no credit line with the node that signed this")
-    await consume_nonce(request, verified, skew, PEER_LIMITER)
+    limit_rate(request, verified.signer.text, limiter=PEER_LIMITER)
+    # The nonce is claimed now and stored with whatever the request writes next (one commit,
+    # not one for the nonce and another for the work); ``nonce_stored_first`` holds the
+    # answer until it is durable.
+    assert node.writer is not None
+    stored = node.writer.claim_nonce(verified.nonce, verified.created + skew)
+    if stored is None:
+        raise Problem(ResultCode.replayed_request, "this signed request was already used")
+    request[NONCE_STORED] = stored
     return verified.signer
+
+
+NONCE_STORED = web.RequestKey("nonce_stored", asyncio.Future)
+
+
+@web.middleware
+async def nonce_stored_first(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Nothing is answered to a peer's signed request, not even a refusal, before its nonce
+    is stored: a replay is refused even after a restart."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        stored = request.get(NONCE_STORED)
+        if stored is not None:
+            await asyncio.shield(stored)
+    return response
 
 
 
@@ -324,6 +348,7 @@ def add_federation_routes(app: web.Application) -> None:
     app.router.add_get("/v1/disputes", get_disputes)
     app.router.add_post("/v1/disputes/{id}/resolve", resolve_dispute)
     app.on_response_prepare.append(_protocol_header)
+    app.middlewares.append(nonce_stored_first)  # inside problem_middleware: refusals wait too
     app.router.add_post("/v1/peer/lines", peer_lines)
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)

@@ -85,6 +85,7 @@ class EventBatch:
 class NonceRequest:
     nonce: str
     expires: int
+    claimed: bool = False  # by ``claim_nonce``: already in ``Writer.nonces``, only to store
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -285,6 +286,19 @@ class Writer:
         self.submit_nowait(request)
         return await request.future
 
+    def claim_nonce(self, nonce: str, expires: int) -> asyncio.Future[bool] | None:
+        """Claim a signed request's nonce at once and queue it to be stored: None if it was
+        seen or claimed before (a replay), else a future done once it is committed. What
+        the request writes next is queued after it, so it commits with the nonce or later:
+        the request need not wait for a commit of its own before doing its work, but must
+        not be answered before the future is done."""
+        if nonce in self.nonces:
+            return None
+        request = NonceRequest(nonce, expires, claimed=True)
+        self.submit_nowait(request)
+        self.nonces[nonce] = expires
+        return request.future
+
     async def run(self) -> None:
         while True:
             batch = [await self.queue.get()]
@@ -365,7 +379,7 @@ class Writer:
                 results.append(True)
                 continue
             if isinstance(request, NonceRequest):
-                fresh = request.nonce not in self.nonces
+                fresh = request.claimed or request.nonce not in self.nonces
                 if fresh:
                     self.nonces[request.nonce] = request.expires
                     new_nonces.append((request.nonce, request.expires))

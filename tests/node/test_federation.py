@@ -649,6 +649,37 @@ async def test_a_replayed_peer_request_is_refused(hostile: Hostile) -> None:
     assert await count_quotes(b) == quotes
 
 
+async def test_a_peer_request_and_its_nonce_are_stored_in_one_commit(
+        hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destination stores the nonce of a quote request with the quote itself, in one
+    transaction, rather than committing the nonce first and then the quote: and still
+    answers only once both are durable, and refuses the same request again."""
+    b = hostile.pair.b
+    writer = b.node.writer
+    assert writer is not None
+    batches: list[list[str]] = []
+    original = writer._commit
+
+    async def recording(batch: list[Any]) -> Any:
+        batches.append([type(r).__name__ for r in batch])
+        return await original(batch)
+
+    monkeypatch.setattr(writer, "_commit", recording)
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, headers = await hostile.send("/v1/peer/quote", body)
+    assert status == 200 and "quote" in doc
+    together = [x for x in batches if "NonceRequest" in x]
+    assert together == [["NonceRequest", "SqlRequest"]]  # the nonce, then the quote
+    assert await count_quotes(b) == 1
+    status, doc, _ = await hostile.send("/v1/peer/quote", body, headers=headers)
+    assert (status, doc["code"]) == (401, "replayed_request")
+    # A refusal after the nonce is taken (a body that is not a quote request) uses it up.
+    status, doc, headers = await hostile.send("/v1/peer/quote", {"order": 1})
+    assert (status, doc["code"]) == (400, "invalid_field")
+    status, doc, _ = await hostile.send("/v1/peer/quote", {"order": 1}, headers=headers)
+    assert (status, doc["code"]) == (401, "replayed_request")
+
+
 async def count_quotes(side: Side) -> int:
     assert side.node.reader is not None
     async with side.node.reader.execute("SELECT count(*) FROM quotes") as cur:
