@@ -401,6 +401,12 @@ class Federation:
         return await self.node.writer.submit(signed, check)
 
     async def _check(self, signed: Signed) -> SigCheck:
+        """``signed.verified_signers()``, remembered. A payment's messages (PREPARE, FULFIL,
+        REJECT, DECISION) carry one signature each: checked right here, on the event loop
+        (~70 µs), which costs less CPU than handing it to a signature worker and reading the
+        answer back; a line or settlement, signed by several, goes to the workers."""
+        if len(signed.sigs) == 1:
+            return SIGNATURES.check(signed)
         check = SIGNATURES.get(signed)
         if check is None:
             check = (await self.node.verify([signed]))[0]
