@@ -507,8 +507,10 @@ class Signed:
     @cached_property
     def signed_bytes(self) -> bytes:
         """The RFC 8785 form of ``msg``: what every signature is over. Computed once (parsing
-        fills it in for the messages it knows how to write directly)."""
-        return canonical_json(self.msg.to_json())
+        fills it in for the messages it knows how to write directly; a message that embeds
+        signed ones writes itself with their bytes spliced in: ``canonical_bytes``)."""
+        spliced = getattr(self.msg, "canonical_bytes", None)
+        return spliced() if spliced is not None else canonical_json(self.msg.to_json())
 
     @cached_property
     def canonical(self) -> bytes:
@@ -601,7 +603,8 @@ def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "
 def sign_message(msg: Message, *keys: SecretKey) -> Signed:
     from crypto.keys import b64url
 
-    data = canonical_json(msg.to_json())
+    spliced = getattr(msg, "canonical_bytes", None)
+    data = spliced() if spliced is not None else canonical_json(msg.to_json())
     signed = Signed(msg=msg, sigs=tuple(Signature(k.public, b64url(k.sign(data))) for k in keys))
     signed.__dict__["signed_bytes"] = data
     return signed
