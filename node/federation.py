@@ -304,15 +304,17 @@ class Federation:
         function of the writer's ``sqlite3.Connection``); with ``only_if``, only if that
         returns True when the writer runs it. Run in the writer's transaction on the event
         loop's thread: a payment stores its record several times, none a hop to a thread."""
-        row = (record.payment.id, record.to_doc(), 1 if record.payment.finished else 0,
-               self.now())
+        # As it is now: its fields are replaced, never changed in place, so a shallow copy
+        # keeps this state; encoded only if stored.
+        snapshot, now = copy.copy(record), self.now()
 
         def run(conn: sqlite3.Connection) -> None:
             if only_if is not None and not only_if():
                 return
             conn.execute(
                 "INSERT OR REPLACE INTO payments (id, doc, finished, updated) VALUES (?, ?, ?, ?)",
-                row)
+                (snapshot.payment.id, snapshot.to_doc(), 1 if snapshot.payment.finished else 0,
+                 now))
             if extra is not None:
                 extra(conn)
 
@@ -348,14 +350,20 @@ class Federation:
         assert self.node.writer is not None
         wrote: list[bool] = []
 
-        def applied() -> bool:
+        def took_effect() -> bool:
             found = self.node.ledger.holds.get(hold)
-            wrote.append(found is not None and found.state == state)
+            return found is not None and found.state == state
+
+        def applied() -> bool:
+            wrote.append(took_effect())
             return wrote[-1]
 
         entry = EventRequest(signed, check)
         store = self._storing(after, extra, only_if=applied)
-        requests: list[Any] = [self._storing(record)] if before else []
+        # ``record`` before the entry is for recovery should they commit apart; committed
+        # together with ``after``, it would only be overwritten in the same transaction.
+        requests: list[Any] = [self._storing(record, only_if=lambda: not took_effect())
+                               ] if before else []
         self.node.writer.submit_all([*requests, entry, store])
         for request in requests:
             await request.future

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from crypto.canonical import canonical_json
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
 from node.federation import PaymentRecord, _body
+from node.writer import on_loop
 from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, Reject, peer_handle
 from protocol.ledger import invariant_violations
 from protocol.messages import sign_message
@@ -185,6 +187,32 @@ async def test_a_payment_takes_no_hop_to_a_database_thread_on_any_node(
     await asyncio.sleep(0.6)  # the DECISIONs' acknowledgements, stored
     assert not a.fed.payments and not b.fed.payments
     assert hops == []
+
+
+async def test_each_node_writes_a_payments_record_once_per_step(net: Net) -> None:
+    """What each node stores of a payment, counted as rows written: the source its hold,
+    its post and the acknowledgement; the intermediary its holds, its post, the upstream's
+    DECISION and the acknowledgement; the destination its hold (fulfilled, with the record
+    that came before it in the same transaction written once, not twice) and the DECISION."""
+    a, b, c = net.a, net.b, net.c
+    for side in (a, b, c):
+        db = side.node.db
+        assert db is not None
+        on_loop(db, lambda conn: conn.executescript(
+            "CREATE TEMP TABLE record_writes (id TEXT);"
+            "CREATE TEMP TRIGGER counted AFTER INSERT ON main.payments "
+            "BEGIN INSERT INTO record_writes VALUES (new.id); END;"))
+    alice = a.member("alice")
+    receipt = await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5)
+    assert receipt["result"] == "ok"
+    await settled(a, b, c)
+    deadline = time.monotonic() + 5
+    while (a.fed.payments or b.fed.payments) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # the DECISIONs' acknowledgements, stored
+    writes = [on_loop(s.node.db, lambda conn: conn.execute(  # type: ignore[arg-type]
+        "SELECT COUNT(*) FROM record_writes WHERE id = ?", (receipt["attempt"],)).fetchone()[0])
+        for s in (a, b, c)]
+    assert writes == [3, 4, 2]
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:
