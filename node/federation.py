@@ -172,9 +172,10 @@ DECISION_GATHER_S = 0.05
 MAX_DECISIONS = 200  # per request: 200 signed DECISIONs stay well under 64 KiB
 
 
-def _body(**fields: Any) -> CanonicalBody:
-    """A node-to-node request body in canonical form: signed messages spliced in from their
-    cached canonical bytes (a PREPARE carries the order and the quote), the rest encoded."""
+def canonical_body(**fields: Any) -> CanonicalBody:
+    """A node-to-node request (or answer) body in canonical form: signed messages spliced in
+    from their cached canonical bytes (a PREPARE carries the order and the quote), the rest
+    encoded."""
     parts = []
     for name in sorted(fields):  # ASCII names: sorted as RFC 8785 sorts them
         value = fields[name]
@@ -757,7 +758,7 @@ class Federation:
         attempt_id = os.urandom(16).hex()
         path = route.nodes[2:]
         try:
-            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", _body(
+            answer = await self._peer_post(peer.key_id, "/v1/peer/quote", canonical_body(
                 order=order_signed, attempt=attempt_id, path=[k.text for k in path]))
         except TallyError as exc:
             raise _peer_refusal(exc, "the payee's collective refused to quote") from exc
@@ -841,7 +842,7 @@ class Federation:
                 break
             try:
                 answer = await self._peer_post(record.peer, "/v1/peer/prepare",
-                                               _body(prepare=record.outbound))
+                                               canonical_body(prepare=record.outbound))
             except TallyError as exc:
                 if exc.status and 400 <= exc.status < 500 and exc.code != "rate_limited":
                     # Not a signed REJECT, so not a definite answer: keep asking until the
@@ -1147,7 +1148,7 @@ class Federation:
         if len(records) > 1 and peer not in self._single_decisions:
             try:
                 answer = await self._peer_post(peer, "/v1/peer/decisions",
-                                               _body(decisions=decisions))
+                                               canonical_body(decisions=decisions))
                 batched = True
                 acks = answer["acks"]
                 for record, decision, ack in zip(records, decisions, acks, strict=True):
@@ -1169,7 +1170,8 @@ class Federation:
         if not batched:
             for record, decision in zip(records, decisions):
                 try:
-                    await self._peer_post(peer, "/v1/peer/decision", _body(decision=decision))
+                    await self._peer_post(peer, "/v1/peer/decision",
+                                          canonical_body(decision=decision))
                 except TallyError as exc:
                     log.info("decision for %s not delivered yet: %s", record.payment.id,
                              exc.detail)
@@ -1252,7 +1254,7 @@ class Federation:
             if (path[-1] if path else nxt) != order.payee_node:
                 raise FederationError(ResultCode.no_route, "the path does not end at the payee")
             try:
-                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", _body(
+                answer = await self._peer_post(nxt.key_id, "/v1/peer/quote", canonical_body(
                     order=order_signed, attempt=attempt_id, path=[k.text for k in path[1:]]))
                 quote = parse_signed(answer["quote"], frozenset({"quote"}))
             except TallyError as exc:

@@ -24,7 +24,7 @@ from node.api import (
     read_json,
     verify_signed,
 )
-from node.federation import MAX_DECISIONS
+from node.federation import MAX_DECISIONS, canonical_body
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
@@ -114,7 +114,7 @@ async def peer_quote(request: web.Request) -> web.Response:
         }, "body", optional_fields=frozenset({"path"}))
     quote = await _fed(request).quote(body["order"], body["attempt"], sender,
                                       body.get("path", ()))
-    return web.json_response({"quote": quote.to_json()})
+    return _signed_answer(quote=quote)
 
 
 async def peer_prepare(request: web.Request) -> web.Response:
@@ -125,7 +125,12 @@ async def peer_prepare(request: web.Request) -> web.Response:
         # Forwarded, and no answer from downstream yet: send the same PREPARE again later.
         return web.json_response({"pending": {"id": body["prepare"].msg.id,
                                               "retry_after_ms": 500}}, status=202)
-    return web.json_response({answer.msg.type: answer.to_json()})
+    return _signed_answer(**{answer.msg.type: answer})
+
+
+def _signed_answer(**fields: Any) -> web.Response:
+    """A 200 answer carrying signed messages, written from their cached canonical bytes."""
+    return web.Response(body=canonical_body(**fields), content_type="application/json")
 
 
 async def peer_statement(request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from crypto.canonical import canonical_json
+from crypto.canonical import canonical_json, parse_json
 from crypto.httpsig import sign_request
 from crypto.keys import SecretKey, b64url, read_key_file
 from node import storage
@@ -678,6 +678,24 @@ async def test_a_peer_request_and_its_nonce_are_stored_in_one_commit(
     assert (status, doc["code"]) == (400, "invalid_field")
     status, doc, _ = await hostile.send("/v1/peer/quote", {"order": 1}, headers=headers)
     assert (status, doc["code"]) == (401, "replayed_request")
+
+
+async def test_a_peers_signed_answer_is_in_canonical_form(hostile: Hostile) -> None:
+    """A quote comes back as the RFC 8785 form of its JSON (written from the signed
+    message's bytes, not encoded afresh), and reads back as the signed quote."""
+    b = hostile.pair.b
+    path = "/v1/peer/quote"
+    data = canonical_json({"order": hostile.order(10).to_json(), "attempt": new_id()})
+    headers = sign_request(hostile.pair.a.node_key, method="POST", path=path, query="",
+                           body=data, recipient_key_id=b.node_key.public.key_id,
+                           created=int(time.time()), nonce=b64url(os.urandom(16)))
+    headers["Content-Type"] = "application/json"
+    async with hostile.session.post(b.url + path, data=data, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        raw = await resp.read()
+    quote = parse_signed(parse_json(raw)["quote"], frozenset({"quote"}))  # type: ignore[index]
+    assert raw == canonical_json({"quote": quote.to_json()})
+    assert quote.verified_signers() == (frozenset({b.node_key.public}), True)
 
 
 async def count_quotes(side: Side) -> int:

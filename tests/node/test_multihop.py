@@ -24,7 +24,7 @@ import pytest
 from crypto.canonical import canonical_json
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
-from node.federation import PaymentRecord, _body
+from node.federation import PaymentRecord, canonical_body
 from node.writer import on_loop
 from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, Reject, peer_handle
 from protocol.ledger import invariant_violations
@@ -122,14 +122,16 @@ async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_
     record = PaymentRecord.from_json(docs[0])
     assert json.loads(record.to_doc()) == record.to_json() == docs[0]
     assert record.forward is not None and record.answer is not None
-    assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
+    assert canonical_body(prepare=record.forward, attempt=record.payment.id,
+                          path=[]) == canonical_json(
         {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
     # A REJECT's detail may name a collective in any script: RFC 8785 keeps it as UTF-8.
     record.answer = sign_message(Reject(record.payment.id, "line_suspended",
                                         "la ligne avec Café Ñandú est suspendue"), b.node_key)
     assert json.loads(record.to_doc()) == record.to_json()
     pair = [record.prepare, record.forward]
-    assert _body(decisions=pair) == canonical_json({"decisions": [s.to_json() for s in pair]})
+    assert canonical_body(decisions=pair) == canonical_json(
+        {"decisions": [s.to_json() for s in pair]})
 
 
 async def test_each_line_gets_one_decision_per_payment(
