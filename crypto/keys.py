@@ -71,11 +71,13 @@ class PublicKey:
         except KeyFormatError as exc:
             raise KeyFormatError("invalid_key", f"not a public key: {exc.message}") from exc
 
-    @property
+    # Both are asked for at every turn (request headers, peer lookups, JSON of every message
+    # naming a node): worked out once per key. Equality and hashing stay on ``raw`` alone.
+    @cached_property
     def text(self) -> str:
         return b64url(self.raw)
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return hashlib.sha256(self.raw).digest()[:8].hex()
 
