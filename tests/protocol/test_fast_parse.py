@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import string
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -176,6 +177,10 @@ def test_a_prepare_spliced_from_its_order_and_quote_is_the_general_encoding(
                       order, quote, tuple(SecretKey(p).public for p in path))
     general = canonical_json(prepare.to_json())
     assert prepare.canonical_bytes() == general
+    odd = replace(prepare, line='x,"path":[],"to_node":"y"')  # not a line id: built by hand
+    assert odd.canonical_bytes() == canonical_json(odd.to_json())
     assert sign_message(prepare, a).signed_bytes == general  # type: ignore[arg-type]
-    parsed = parse_signed(parse_json(sign_message(prepare, a).canonical))  # type: ignore[arg-type]
-    assert parsed.signed_bytes == general and parsed.verified_signers() == (frozenset({a.public}), True)
+    sent = sign_message(prepare, a).canonical  # type: ignore[arg-type]
+    parsed = parse_signed(parse_json(sent))
+    assert parsed.signed_bytes == general
+    assert parsed.verified_signers() == (frozenset({a.public}), True)
