@@ -806,10 +806,10 @@ class Federation:
             raise FederationError(outcome.code, outcome.detail)
         self._spawn(self._drive_outbound(record))
         timeout = (expires - self.now()) / 1000 + self.cfg.peer_timeout_ms / 1000 + 5
-        try:
-            await asyncio.wait_for(record.done.wait(), timeout)
-        except TimeoutError:
-            pass
+        # asyncio.timeout, not wait_for: no task of its own for each payment's wait.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await record.done.wait()
         result = record.result or {
             "result": "pending",
             "detail": "still in flight: ask GET /v1/payments/{order} later; do not pay again",
@@ -1377,9 +1377,9 @@ class Federation:
                                                           role=sm.Role.intermediary)
                 self._spawn(self._drive_outbound(record))
         if record.payment.outbound == sm.Out.held and not record.done.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(record.done.wait()),
-                                       self.cfg.peer_timeout_ms / 2000)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.peer_timeout_ms / 2000):
+                    await record.done.wait()
         return await self._stored_answer(record)
 
     @staticmethod
