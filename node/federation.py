@@ -469,7 +469,9 @@ class Federation:
         its peers reported, then any learned by gossip."""
         own = {line_id: edge_of(s.msg) for line_id, s in self.node.ledger.lines.items()
                if isinstance(s.msg, Line)}
-        learned = [e for e in edges_from_signed(self.learned.values()) if e.line not in own]
+        # The learned lines' signatures, checked once each (this runs for every payment).
+        learned = [e for e in edges_from_signed(self.learned.values(), SIGNATURES.check)
+                   if e.line not in own]
         extra = [e for e in (self.extra_edges() if self.extra_edges else [])
                  if e.line not in own]
         seen = set(own)

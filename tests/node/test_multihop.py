@@ -22,6 +22,7 @@ import aiosqlite
 import pytest
 
 from crypto.canonical import canonical_json
+from crypto.keys import PublicKey
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
 from node.federation import PaymentRecord, canonical_body
@@ -189,6 +190,28 @@ async def test_a_payment_takes_no_hop_to_a_database_thread_on_any_node(
     await asyncio.sleep(0.6)  # the DECISIONs' acknowledgements, stored
     assert not a.fed.payments and not b.fed.payments
     assert hops == []
+
+
+async def test_lines_learned_from_a_peer_are_checked_once_not_at_every_payment(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A routes over the line B and C signed, learned from B: its two signatures are checked
+    when A first routes over it, not again for every payment that takes the route."""
+    a, c = net.a, net.c
+    alice = a.member("alice")
+    assert (await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5))["result"] == "ok"
+    (learned,) = a.fed.learned.values()
+    checked: list[bytes] = []
+    original = PublicKey.verify
+
+    def counting(self: PublicKey, message: bytes, signature: bytes) -> bool:
+        checked.append(message)
+        return original(self, message, signature)
+
+    monkeypatch.setattr(PublicKey, "verify", counting)
+    for _ in range(3):
+        receipt = await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5)
+        assert receipt["route"] == ["Riverside", "Greenway", "Hilltop"]
+    assert checked and learned.signed_bytes not in checked  # others' messages, not the line
 
 
 async def test_each_node_writes_a_payments_record_once_per_step(net: Net) -> None:
