@@ -56,6 +56,13 @@ def from_b64url(text: str, length: int | None = None) -> bytes:
     return data
 
 
+# Keys parsed from their text, by that text: a node meets the same few keys (its peers' in
+# every signed request, its members') again and again; the same value is returned, with its
+# text and key id already worked out. Bounded: cleared when full.
+_PARSED: dict[str, PublicKey] = {}
+_PARSED_MAX = 4096
+
+
 @dataclass(frozen=True)
 class PublicKey:
     raw: bytes
@@ -66,16 +73,25 @@ class PublicKey:
 
     @classmethod
     def parse(cls, text: str) -> PublicKey:
+        known = _PARSED.get(text) if type(text) is str else None
+        if known is not None:
+            return known
         try:
-            return cls(from_b64url(text, 32))
+            key = cls(from_b64url(text, 32))
         except KeyFormatError as exc:
             raise KeyFormatError("invalid_key", f"not a public key: {exc.message}") from exc
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[text] = key
+        return key
 
-    @property
+    # Both are asked for at every turn (request headers, peer lookups, JSON of every message
+    # naming a node): worked out once per key. Equality and hashing stay on ``raw`` alone.
+    @cached_property
     def text(self) -> str:
         return b64url(self.raw)
 
-    @property
+    @cached_property
     def key_id(self) -> str:
         return hashlib.sha256(self.raw).digest()[:8].hex()
 

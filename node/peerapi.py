@@ -9,6 +9,7 @@ whose clock is off by more than a quarter of the expiry margin is refused.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -19,12 +20,11 @@ from node.api import (
     NODE,
     PEER_LIMITER,
     authenticate,
-    consume_nonce,
     limit_rate,
     read_json,
     verify_signed,
 )
-from node.federation import MAX_DECISIONS
+from node.federation import MAX_DECISIONS, canonical_body
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
@@ -61,8 +61,32 @@ async def authenticate_peer(request: web.Request, known_only: bool = True) -> Pu
         raise
     if known_only and _fed(request).line_with(verified.signer) is None:
         raise Problem(ResultCode.unknown_peer, "no credit line with the node that signed this")
-    await consume_nonce(request, verified, skew, PEER_LIMITER)
+    limit_rate(request, verified.signer.text, limiter=PEER_LIMITER)
+    # The nonce is claimed now and stored with whatever the request writes next (one commit,
+    # not one for the nonce and another for the work); ``nonce_stored_first`` holds the
+    # answer until it is durable.
+    assert node.writer is not None
+    stored = node.writer.claim_nonce(verified.nonce, verified.created + skew)
+    if stored is None:
+        raise Problem(ResultCode.replayed_request, "this signed request was already used")
+    request[NONCE_STORED] = stored
     return verified.signer
+
+
+NONCE_STORED = web.RequestKey("nonce_stored", asyncio.Future)
+
+
+@web.middleware
+async def nonce_stored_first(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Nothing is answered to a peer's signed request, not even a refusal, before its nonce
+    is stored: a replay is refused even after a restart."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    finally:
+        stored = request.get(NONCE_STORED)
+        if stored is not None:
+            await asyncio.shield(stored)
+    return response
 
 
 
@@ -90,7 +114,7 @@ async def peer_quote(request: web.Request) -> web.Response:
         }, "body", optional_fields=frozenset({"path"}))
     quote = await _fed(request).quote(body["order"], body["attempt"], sender,
                                       body.get("path", ()))
-    return web.json_response({"quote": quote.to_json()})
+    return _signed_answer(quote=quote)
 
 
 async def peer_prepare(request: web.Request) -> web.Response:
@@ -101,7 +125,12 @@ async def peer_prepare(request: web.Request) -> web.Response:
         # Forwarded, and no answer from downstream yet: send the same PREPARE again later.
         return web.json_response({"pending": {"id": body["prepare"].msg.id,
                                               "retry_after_ms": 500}}, status=202)
-    return web.json_response({answer.msg.type: answer.to_json()})
+    return _signed_answer(**{answer.msg.type: answer})
+
+
+def _signed_answer(**fields: Any) -> web.Response:
+    """A 200 answer carrying signed messages, written from their cached canonical bytes."""
+    return web.Response(body=canonical_body(**fields), content_type="application/json")
 
 
 async def peer_statement(request: web.Request) -> web.Response:
@@ -324,6 +353,7 @@ def add_federation_routes(app: web.Application) -> None:
     app.router.add_get("/v1/disputes", get_disputes)
     app.router.add_post("/v1/disputes/{id}/resolve", resolve_dispute)
     app.on_response_prepare.append(_protocol_header)
+    app.middlewares.append(nonce_stored_first)  # inside problem_middleware: refusals wait too
     app.router.add_post("/v1/peer/lines", peer_lines)
     app.router.add_post("/v1/peer/quote", peer_quote)
     app.router.add_post("/v1/peer/prepare", peer_prepare)

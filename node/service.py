@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -422,6 +423,7 @@ class Node:
         # runs statements on it from the event loop's thread); read through ``reader``.
         self.db: aiosqlite.Connection | None = None
         self.reader: aiosqlite.Connection | None = None
+        self.lookup: storage.PointReader | None = None  # point reads on the loop's thread
         self.writer: Writer | None = None
         self.tasks: list[asyncio.Task[None]] = []
         self.verifier = Verifier(self.config.node.signature_workers)
@@ -458,6 +460,7 @@ class Node:
                 f"{self.data_dir / NODE_KEY} is not the key this ledger's genesis names"
             )
         self.reader = await storage.open_reader(path)
+        self.lookup = storage.PointReader(path)
         policy = Policy(max_valid_window_ms=self.config.ledger.max_valid_window_seconds * 1000)
         self.writer = Writer(
             self.db,
@@ -498,13 +501,12 @@ class Node:
         log.info("ledger %s open: %d log entries", self.state.ledger_id[:16], self.state.size)
 
     async def _store_checkpoint(self, size: int, note: bytes) -> None:
-        async def insert(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT OR IGNORE INTO checkpoints (size, note) VALUES (?, ?)", (size, note)
-            )
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO checkpoints (size, note) VALUES (?, ?)",
+                         (size, note))
 
         assert self.writer is not None
-        await self.writer.write(insert)
+        await self.writer.write_sql(insert)
 
     async def stop(self) -> None:
         if self.witnessing is not None:
@@ -522,6 +524,9 @@ class Node:
             if conn is not None:
                 await conn.close()
         self.reader = self.db = None
+        if self.lookup is not None:
+            self.lookup.close()
+            self.lookup = None
         await self.verifier.close()
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:

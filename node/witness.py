@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import aiosqlite
 from aiohttp import web
 
 from crypto import merkle
@@ -150,11 +150,11 @@ class Witnessing:
             self.session = None
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute(sql, args)
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(sql, args)
 
         assert self.node.writer is not None
-        await self.node.writer.write(run)
+        await self.node.writer.write_sql(run)
 
     # --- as a witness -----------------------------------------------------------------------
 

@@ -13,16 +13,17 @@ events) and await the outcome. The writer task takes whatever is queued — up t
 1. reads which of the batch's event ids were applied before (ids are unique forever);
 2. runs the pure ledger rules (``protocol.ledger.apply``) on each request in order;
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
-   postings, memos, event ids) and any signed-request nonces.
+   postings, memos, event ids) and any signed-request nonces, then runs the batch's
+   ``SqlRequest``s (writes beside the ledger rules, such as a payment's record).
 
 Steps 1 and 3 each run as one plain ``sqlite3`` call sequence *on the event loop's thread*
 (``on_loop``); step 3 includes the COMMIT unless an ``OpRequest`` must run in between (ops
-use the connection through aiosqlite, awaited one at a time) or the transaction is big
-(``BIG_COMMIT``: then the COMMIT alone runs in aiosqlite's thread). Only after COMMIT
-returns are the requests answered, so an acknowledged event is durable, and a refused one
-wrote nothing.
-If the transaction fails, the in-memory state is reloaded from the database and every
-request in the batch gets ``internal_error`` (nothing applied).
+use the connection through aiosqlite, awaited one at a time, after every ``SqlRequest``)
+or the transaction is big (``BIG_COMMIT``: then the COMMIT alone runs in aiosqlite's
+thread). Only after COMMIT returns are the requests answered, so an acknowledged event is
+durable, and a refused one wrote nothing. If the transaction fails, the in-memory state is
+reloaded from the database and every request in the batch gets ``internal_error`` (nothing
+applied).
 
 Why on the loop's thread, blocking it for the inserts and the fsync: in aiosqlite's thread
 every SQLite step releases the GIL and must win it back from a busy event loop, which holds
@@ -81,6 +82,7 @@ class EventBatch:
 class NonceRequest:
     nonce: str
     expires: int
+    claimed: bool = False  # by ``claim_nonce``: already in ``Writer.nonces``, only to store
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -93,7 +95,19 @@ class OpRequest:
     future: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-Request = EventRequest | EventBatch | NonceRequest | OpRequest
+@dataclass
+class SqlRequest:
+    """A write beside the ledger rules that needs no await: ``run(conn)`` gets the writer's
+    own ``sqlite3.Connection`` and runs on the event loop's thread, inside the batch's
+    transaction, after the batch's entries and before its COMMIT, like the batch's own
+    inserts (no hop to aiosqlite's thread, no COMMIT of its own)."""
+
+    run: Callable[[sqlite3.Connection], None]
+    future: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+Request = EventRequest | EventBatch | NonceRequest | OpRequest | SqlRequest
 
 T = TypeVar("T")
 
@@ -162,15 +176,19 @@ def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) 
             start += size
 
 
-def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]], commit: bool) -> None:
+def _write(conn: sqlite3.Connection, statements: list[tuple[str, Any]],
+           sql_ops: list[SqlRequest], commit: bool) -> None:
     """BEGIN IMMEDIATE, every statement (for a list of rows, an INSERT of all of them; else
-    ``execute``), then COMMIT if ``commit``. On failure the caller rolls back."""
+    ``execute``), every ``SqlRequest`` in queue order, then COMMIT if ``commit``. On
+    failure the caller rolls back."""
     conn.execute("BEGIN IMMEDIATE")
     for sql, rows in statements:
         if isinstance(rows, list):
             _insert_rows(conn, sql, rows)
         else:
             conn.execute(sql, rows)
+    for op in sql_ops:
+        op.run(conn)
     if commit:
         conn.execute("COMMIT")
 
@@ -251,20 +269,39 @@ class Writer:
         self.submit_nowait(request)
         await request.future
 
+    async def write_sql(self, run: Callable[[sqlite3.Connection], None]) -> None:
+        """Run ``run(conn)`` inside the next batch's transaction (see ``SqlRequest``);
+        return after COMMIT."""
+        request = SqlRequest(run)
+        self.submit_nowait(request)
+        await request.future
+
     async def set_meta(self, key: str, value: str) -> None:
         """Store ``value`` under ``key`` in the ``meta`` table (replacing it); after COMMIT."""
 
-        async def run(db: aiosqlite.Connection) -> None:
-            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (key, value))
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
-        await self.write(run)
+        await self.write_sql(run)
 
     async def remember_nonce(self, nonce: str, expires: int) -> bool:
         """Record a signed request's nonce durably; False if it was seen before (a replay)."""
         request = NonceRequest(nonce, expires)
         self.submit_nowait(request)
         return await request.future
+
+    def claim_nonce(self, nonce: str, expires: int) -> asyncio.Future[bool] | None:
+        """Claim a signed request's nonce at once and queue it to be stored: None if it was
+        seen or claimed before (a replay), else a future done once it is committed. What
+        the request writes next is queued after it, so it commits with the nonce or later:
+        the request need not wait for a commit of its own before doing its work, but must
+        not be answered before the future is done."""
+        if nonce in self.nonces:
+            return None
+        request = NonceRequest(nonce, expires, claimed=True)
+        self.submit_nowait(request)
+        self.nonces[nonce] = expires
+        return request.future
 
     async def run(self) -> None:
         while True:
@@ -330,6 +367,7 @@ class Writer:
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []
         ops: list[OpRequest] = []
+        sql_ops: list[SqlRequest] = []
         stewards_changed = False
         lines_changed: set[str] = set()
         holds_changed: set[str] = set()
@@ -340,8 +378,12 @@ class Writer:
                 ops.append(request)
                 results.append(True)
                 continue
+            if isinstance(request, SqlRequest):
+                sql_ops.append(request)
+                results.append(True)
+                continue
             if isinstance(request, NonceRequest):
-                fresh = request.nonce not in self.nonces
+                fresh = request.claimed or request.nonce not in self.nonces
                 if fresh:
                     self.nonces[request.nonce] = request.expires
                     new_nonces.append((request.nonce, request.expires))
@@ -380,7 +422,7 @@ class Writer:
                                          if k in state.holds)
             results.append(outcomes[0] if isinstance(request, EventRequest) else outcomes)
 
-        if not entries and not new_nonces and not ops:
+        if not entries and not new_nonces and not ops and not sql_ops:
             return results
 
         db = self.db
@@ -445,10 +487,10 @@ class Writer:
                 prune = True
                 statements.append(("DELETE FROM nonces WHERE expires < ?", (now // 1000,)))
         try:
-            # BEGIN and every statement on this thread; COMMIT too, unless ops must run
-            # first or the transaction is big.
+            # BEGIN, every statement, the SQL ops and COMMIT, on this thread; unless ops must
+            # run first or the transaction is big.
             big = len(entries) >= BIG_COMMIT
-            on_loop(db, _write, statements, not ops and not big)
+            on_loop(db, _write, statements, sql_ops, not ops and not big)
             for op in ops:
                 await op.run(db)
             if big:

@@ -300,15 +300,10 @@ class SignatureMemo:
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._known: dict[tuple[bytes, tuple[tuple[str, str], ...]], SigCheck] = {}
-
-    @staticmethod
-    def _key(signed: Signed) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-        return (hashlib.sha256(signed.signed_bytes).digest(),
-                tuple((s.key.text, s.sig) for s in signed.sigs))
+        self._known: dict[tuple[bytes, tuple[tuple[bytes, str], ...]], SigCheck] = {}
 
     def get(self, signed: Signed) -> SigCheck | None:
-        return self._known.get(self._key(signed))
+        return self._known.get(signed.identity)
 
     def check(self, signed: Signed) -> SigCheck:
         known = self.get(signed)
@@ -320,7 +315,7 @@ class SignatureMemo:
     def remember(self, signed: Signed, check: SigCheck) -> None:
         if len(self._known) >= self.size:
             del self._known[next(iter(self._known))]
-        self._known[self._key(signed)] = check
+        self._known[signed.identity] = check
 
 
 # The embedded orders and quotes of the PREPAREs this process applies (and the node's own

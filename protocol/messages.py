@@ -22,6 +22,7 @@ collective's smallest unit.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -502,24 +503,14 @@ def signed_transfer(
     return signed
 
 
-# Parsed public keys by their text: members sign again and again with the same few keys.
-# PublicKey is immutable, so sharing one is safe. Bounded: cleared when full.
-_KEYS: dict[str, PublicKey] = {}
-_KEYS_MAX = 65536
-
-
 def _key(text: Any) -> PublicKey | None:
-    """The public key written as ``text`` if it is one (as ``public_key`` accepts), else None."""
-    key = _KEYS.get(text) if type(text) is str else None
-    if key is None:
-        try:
-            key = PublicKey.parse(text)
-        except (KeyFormatError, TypeError):
-            return None
-        if len(_KEYS) >= _KEYS_MAX:
-            _KEYS.clear()
-        _KEYS[text] = key
-    return key
+    """The public key written as ``text`` if it is one (as ``public_key`` accepts), else None.
+    (``PublicKey.parse`` keeps the keys it parsed: members sign again and again with the same
+    few.)"""
+    try:
+        return PublicKey.parse(text)
+    except (KeyFormatError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -547,8 +538,10 @@ class Signed:
     @cached_property
     def signed_bytes(self) -> bytes:
         """The RFC 8785 form of ``msg``: what every signature is over. Computed once (parsing
-        fills it in for the messages it knows how to write directly)."""
-        return canonical_json(self.msg.to_json())
+        fills it in for the messages it knows how to write directly; a message that embeds
+        signed ones writes itself with their bytes spliced in: ``canonical_bytes``)."""
+        spliced = getattr(self.msg, "canonical_bytes", None)
+        return spliced() if spliced is not None else canonical_json(self.msg.to_json())
 
     @cached_property
     def canonical(self) -> bytes:
@@ -558,6 +551,13 @@ class Signed:
             sigs = ",".join(f'{{"key":"{s.key.text}","sig":"{s.sig}"}}' for s in self.sigs)
             return b'{"msg":' + self.signed_bytes + b',"sigs":[' + sigs.encode("ascii") + b"]}"
         return canonical_json(self.to_json())
+
+    @cached_property
+    def identity(self) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
+        """SHA-256 of ``signed_bytes`` with every signature as written: two values with the
+        same identity have the same ``verified_signers()``."""
+        return (hashlib.sha256(self.signed_bytes).digest(),
+                tuple((s.key.raw, s.sig) for s in self.sigs))
 
     def verified_signers(self) -> tuple[frozenset[PublicKey], bool]:
         """(keys whose signature verifies, whether every signature verified)."""
@@ -628,7 +628,8 @@ def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "
 def sign_message(msg: Message, *keys: SecretKey) -> Signed:
     from crypto.keys import b64url
 
-    data = canonical_json(msg.to_json())
+    spliced = getattr(msg, "canonical_bytes", None)
+    data = spliced() if spliced is not None else canonical_json(msg.to_json())
     signed = Signed(msg=msg, sigs=tuple(Signature(k.public, b64url(k.sign(data))) for k in keys))
     signed.__dict__["signed_bytes"] = data
     return signed

@@ -20,7 +20,7 @@ amounts the source computes are the amounts every hop checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from crypto.keys import PublicKey
@@ -69,15 +69,20 @@ def edge_of(line: Line) -> Edge:
                 line.a_limit, line.b_limit, line.version, line.status == "active")
 
 
-def edges_from_signed(lines: Iterable[Signed]) -> list[Edge]:
+def edges_from_signed(lines: Iterable[Signed],
+                      check: Callable[[Signed], tuple[frozenset[PublicKey], bool]] = (
+                          Signed.verified_signers)
+                      ) -> list[Edge]:
     """The edges of line agreements that both parties' nodes signed; the newest version of
-    each line wins. Anything else (one signature, a bad one, not a line) is left out."""
+    each line wins. Anything else (one signature, a bad one, not a line) is left out.
+    ``check`` gives a value's ``verified_signers()`` (a caller that asks for the same lines
+    again and again passes one that remembers)."""
     best: dict[str, Edge] = {}
     for signed in lines:
         line = signed.msg
         if not isinstance(line, Line):
             continue
-        good, all_good = signed.verified_signers()
+        good, all_good = check(signed)
         if not all_good or line.a.node_key not in good or line.b.node_key not in good:
             # A one-sided version (a suspension) is only honoured by the parties themselves.
             continue

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from crypto.canonical import canonical_json
+from crypto.canonical import canonical_json, parse_json
 from crypto.httpsig import sign_request
 from crypto.keys import SecretKey, b64url, read_key_file
 from node import storage
@@ -647,6 +647,55 @@ async def test_a_replayed_peer_request_is_refused(hostile: Hostile) -> None:
     status, doc, _ = await hostile.send("/v1/peer/quote", body, headers=headers)
     assert (status, doc["code"]) == (401, "replayed_request")
     assert await count_quotes(b) == quotes
+
+
+async def test_a_peer_request_and_its_nonce_are_stored_in_one_commit(
+        hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destination stores the nonce of a quote request with the quote itself, in one
+    transaction, rather than committing the nonce first and then the quote: and still
+    answers only once both are durable, and refuses the same request again."""
+    b = hostile.pair.b
+    writer = b.node.writer
+    assert writer is not None
+    batches: list[list[str]] = []
+    original = writer._commit
+
+    async def recording(batch: list[Any]) -> Any:
+        batches.append([type(r).__name__ for r in batch])
+        return await original(batch)
+
+    monkeypatch.setattr(writer, "_commit", recording)
+    body = {"order": hostile.order(10).to_json(), "attempt": new_id()}
+    status, doc, headers = await hostile.send("/v1/peer/quote", body)
+    assert status == 200 and "quote" in doc
+    together = [x for x in batches if "NonceRequest" in x]
+    assert together == [["NonceRequest", "SqlRequest"]]  # the nonce, then the quote
+    assert await count_quotes(b) == 1
+    status, doc, _ = await hostile.send("/v1/peer/quote", body, headers=headers)
+    assert (status, doc["code"]) == (401, "replayed_request")
+    # A refusal after the nonce is taken (a body that is not a quote request) uses it up.
+    status, doc, headers = await hostile.send("/v1/peer/quote", {"order": 1})
+    assert (status, doc["code"]) == (400, "invalid_field")
+    status, doc, _ = await hostile.send("/v1/peer/quote", {"order": 1}, headers=headers)
+    assert (status, doc["code"]) == (401, "replayed_request")
+
+
+async def test_a_peers_signed_answer_is_in_canonical_form(hostile: Hostile) -> None:
+    """A quote comes back as the RFC 8785 form of its JSON (written from the signed
+    message's bytes, not encoded afresh), and reads back as the signed quote."""
+    b = hostile.pair.b
+    path = "/v1/peer/quote"
+    data = canonical_json({"order": hostile.order(10).to_json(), "attempt": new_id()})
+    headers = sign_request(hostile.pair.a.node_key, method="POST", path=path, query="",
+                           body=data, recipient_key_id=b.node_key.public.key_id,
+                           created=int(time.time()), nonce=b64url(os.urandom(16)))
+    headers["Content-Type"] = "application/json"
+    async with hostile.session.post(b.url + path, data=data, headers=headers) as resp:
+        assert resp.status == 200 and resp.content_type == "application/json"
+        raw = await resp.read()
+    quote = parse_signed(parse_json(raw)["quote"], frozenset({"quote"}))  # type: ignore[index]
+    assert raw == canonical_json({"quote": quote.to_json()})
+    assert quote.verified_signers() == (frozenset({b.node_key.public}), True)
 
 
 async def count_quotes(side: Side) -> int:

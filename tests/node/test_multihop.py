@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
 from crypto.canonical import canonical_json
+from crypto.keys import PublicKey
 from node.client import TallyClient, new_id, now_ms
 from node.config import ApiSettings, Config, FederationSettings
-from node.federation import PaymentRecord, _body
+from node.federation import PaymentRecord, canonical_body
+from node.writer import on_loop
 from protocol.federation import ROUTING_ACCOUNT, PaymentOrder, Reject, peer_handle
 from protocol.ledger import invariant_violations
 from protocol.messages import sign_message
@@ -118,14 +123,16 @@ async def test_what_a_node_stores_and_sends_of_a_payment_is_its_signed_messages_
     record = PaymentRecord.from_json(docs[0])
     assert json.loads(record.to_doc()) == record.to_json() == docs[0]
     assert record.forward is not None and record.answer is not None
-    assert _body(prepare=record.forward, attempt=record.payment.id, path=[]) == canonical_json(
+    assert canonical_body(prepare=record.forward, attempt=record.payment.id,
+                          path=[]) == canonical_json(
         {"prepare": record.forward.to_json(), "attempt": record.payment.id, "path": []})
     # A REJECT's detail may name a collective in any script: RFC 8785 keeps it as UTF-8.
     record.answer = sign_message(Reject(record.payment.id, "line_suspended",
                                         "la ligne avec Café Ñandú est suspendue"), b.node_key)
     assert json.loads(record.to_doc()) == record.to_json()
     pair = [record.prepare, record.forward]
-    assert _body(decisions=pair) == canonical_json({"decisions": [s.to_json() for s in pair]})
+    assert canonical_body(decisions=pair) == canonical_json(
+        {"decisions": [s.to_json() for s in pair]})
 
 
 async def test_each_line_gets_one_decision_per_payment(
@@ -153,6 +160,84 @@ async def test_each_line_gets_one_decision_per_payment(
     attempts = {r["attempt"] for r in receipts}
     assert sorted(received) == sorted((name, x) for x in attempts for name in (b.name, c.name))
     assert not b.fed.payments and not a.fed.payments  # every decision acknowledged, stored
+
+
+async def test_a_payment_takes_no_hop_to_a_database_thread_on_any_node(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every record a payment stores, and every record or quote it reads, is written or
+    read on the event loop's thread (in the writer's transaction, or by a point read): a
+    hop to aiosqlite's thread must win the GIL back from a busy loop, which under load cost
+    more than the query itself."""
+    a, b, c = net.a, net.b, net.c
+    alice = a.member("alice")
+    assert (await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5))["result"] == "ok"
+    await settled(a, b, c)
+    hops: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = traceback.extract_stack()
+        if any(f.filename.endswith(("node/federation.py", "node/peerapi.py")) for f in stack):
+            hops.append(next(f"{f.name} ({f.lineno})" for f in reversed(stack)
+                             if f.filename.endswith(("federation.py", "peerapi.py"))))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    receipts = await asyncio.gather(*(
+        alice.pay_remote("alice", "cy", c.node_key.public, 10, 5) for _ in range(6)))
+    assert [r["result"] for r in receipts] == ["ok"] * 6
+    await settled(a, b, c)
+    await asyncio.sleep(0.6)  # the DECISIONs' acknowledgements, stored
+    assert not a.fed.payments and not b.fed.payments
+    assert hops == []
+
+
+async def test_lines_learned_from_a_peer_are_checked_once_not_at_every_payment(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A routes over the line B and C signed, learned from B: its two signatures are checked
+    when A first routes over it, not again for every payment that takes the route."""
+    a, c = net.a, net.c
+    alice = a.member("alice")
+    assert (await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5))["result"] == "ok"
+    (learned,) = a.fed.learned.values()
+    checked: list[bytes] = []
+    original = PublicKey.verify
+
+    def counting(self: PublicKey, message: bytes, signature: bytes) -> bool:
+        checked.append(message)
+        return original(self, message, signature)
+
+    monkeypatch.setattr(PublicKey, "verify", counting)
+    for _ in range(3):
+        receipt = await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5)
+        assert receipt["route"] == ["Riverside", "Greenway", "Hilltop"]
+    assert checked and learned.signed_bytes not in checked  # others' messages, not the line
+
+
+async def test_each_node_writes_a_payments_record_once_per_step(net: Net) -> None:
+    """What each node stores of a payment, counted as rows written: the source its hold,
+    its post and the acknowledgement; the intermediary its holds, its post, the upstream's
+    DECISION and the acknowledgement; the destination its hold (fulfilled, with the record
+    that came before it in the same transaction written once, not twice) and the DECISION."""
+    a, b, c = net.a, net.b, net.c
+    for side in (a, b, c):
+        db = side.node.db
+        assert db is not None
+        on_loop(db, lambda conn: conn.executescript(
+            "CREATE TEMP TABLE record_writes (id TEXT);"
+            "CREATE TEMP TRIGGER counted AFTER INSERT ON main.payments "
+            "BEGIN INSERT INTO record_writes VALUES (new.id); END;"))
+    alice = a.member("alice")
+    receipt = await alice.pay_remote("alice", "cy", c.node_key.public, 10, 5)
+    assert receipt["result"] == "ok"
+    await settled(a, b, c)
+    deadline = time.monotonic() + 5
+    while (a.fed.payments or b.fed.payments) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)  # the DECISIONs' acknowledgements, stored
+    writes = [on_loop(s.node.db, lambda conn: conn.execute(  # type: ignore[arg-type]
+        "SELECT COUNT(*) FROM record_writes WHERE id = ?", (receipt["attempt"],)).fetchone()[0])
+        for s in (a, b, c)]
+    assert writes == [3, 4, 2]
 
 
 async def test_beyond_the_second_line_is_refused_and_nothing_moves_anywhere(net: Net) -> None:

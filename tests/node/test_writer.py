@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from crypto.keys import SecretKey
-from node.writer import BIG_COMMIT, Writer
+from node.writer import BIG_COMMIT, EventRequest, SqlRequest, Writer
 from protocol.messages import Signed, Transfer, sign_message
 from tests.node.conftest import Collective
 
@@ -112,3 +112,36 @@ async def test_a_big_commit_that_fails_applies_nothing(coop: Collective, monkeyp
     retry = await w.submit_batch(big)  # the same transfers, applied now, at the same indexes
     assert [o.index for o in retry] == list(range(size, size + BIG_COMMIT))
     assert (await balances(coop))["alice"] == before["alice"] - BIG_COMMIT
+
+
+async def test_a_write_beside_the_ledger_commits_with_its_batch_or_not_at_all(
+        coop: Collective) -> None:
+    """A ``SqlRequest`` (a payment's record, say) runs in the same transaction as the events
+    queued with it: committed with them, and if it fails, none of them is applied and the
+    books, in memory and on disk, are as before."""
+    w = the_writer(coop)
+    lookup = coop.node.lookup
+    assert lookup is not None
+
+    def store(conn: Any) -> None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('note', 'kept')")
+
+    def fail(conn: Any) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    kept = EventRequest(*event(transfer(coop, coop.alice, "alice", "bob", 5))[:2])
+    stored = SqlRequest(store)
+    w.submit_all([kept, stored])
+    assert (await kept.future).code.value == "ok" and await stored.future
+    assert lookup.rows("SELECT value FROM meta WHERE key = 'note'") == [("kept",)]
+    before, size = await balances(coop), coop.node.ledger.size
+
+    lost = EventRequest(*event(transfer(coop, coop.alice, "alice", "bob", 7))[:2])
+    failing = SqlRequest(fail)
+    w.submit_all([lost, failing])
+    with pytest.raises(RuntimeError):
+        await lost.future
+    with pytest.raises(RuntimeError):
+        await failing.future
+    assert await balances(coop) == before and coop.node.ledger.size == size
+    assert lookup.rows("SELECT COUNT(*) FROM log") == [(size,)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import string
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -154,3 +155,32 @@ def test_canonical_splice_falls_back_for_odd_signatures() -> None:
     odd = Signed(t, (Signature(key, 'no"t base64\n'),))
     assert odd.canonical == canonical_json(odd.to_json())
     assert odd.verified_signers() == (frozenset(), False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seeds, seeds, st.integers(1, MAX_SAFE_INTEGER), st.integers(1, MAX_SAFE_INTEGER),
+       st.lists(seeds, max_size=3, unique=True), event_ids, handles)
+def test_a_prepare_spliced_from_its_order_and_quote_is_the_general_encoding(
+        up: bytes, down: bytes, amount: int, expires: int, path: list[bytes], attempt: str,
+        payee: str) -> None:
+    """A PREPARE's signed bytes splice in the embedded order's and quote's canonical bytes
+    (``Prepare.canonical_bytes``): byte for byte ``canonical_json(to_json())``, whether the
+    PREPARE was signed here or parsed from what another node sent."""
+    from protocol.federation import PaymentOrder, Prepare, Quote
+
+    a, b = SecretKey(up), SecretKey(down)
+    order_msg: Any = PaymentOrder(LEDGER, attempt, "payer", payee, b.public, amount, amount,
+                                  expires)
+    quote_msg: Any = Quote(attempt, attempt, a.public, payee, amount, "cd" * 32, expires)
+    order, quote = sign_message(order_msg, a), sign_message(quote_msg, b)
+    prepare = Prepare(attempt, attempt, a.public, b.public, amount, amount, "cd" * 32, expires,
+                      order, quote, tuple(SecretKey(p).public for p in path))
+    general = canonical_json(prepare.to_json())
+    assert prepare.canonical_bytes() == general
+    odd = replace(prepare, line='x,"path":[],"to_node":"y"')  # not a line id: built by hand
+    assert odd.canonical_bytes() == canonical_json(odd.to_json())
+    assert sign_message(prepare, a).signed_bytes == general  # type: ignore[arg-type]
+    sent = sign_message(prepare, a).canonical  # type: ignore[arg-type]
+    parsed = parse_signed(parse_json(sent))
+    assert parsed.signed_bytes == general
+    assert parsed.verified_signers() == (frozenset({a.public}), True)
