@@ -668,7 +668,8 @@ def machine(p: Params, loads: list[tuple[str, list[float]]], seconds: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[0].replace("\n", " "))
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="under 3 minutes on 2 cores")
     group.add_argument("--smoke", action="store_true", help="tiny counts: checks the harness")
