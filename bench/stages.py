@@ -4,10 +4,13 @@ the node's hot path (steadier than the end-to-end figures on a busy machine).
     python -m bench.stages [--transfers 20000] [--batch 1000]
 
 Starts a node on a temporary data directory, admits members, signs transfers (in worker
-processes), then times, per transfer: strict parsing of batch bodies (``parse_json`` and
-``parse_transfer_item``), ``Node.verify`` over a batch (wall time and process CPU), the
-writer's commit (submit a batch, await every outcome), and the single-transfer path as the
-handler runs it (``_apply_one``) from 64 concurrent tasks. Prints one line per stage.
+processes), then times, per transfer: batch bodies read in the signature workers as the
+batch handler reads them (``Node.read_transfers``: the event loop's CPU and the workers'),
+strict parsing of batch bodies on the loop (``parse_json`` and ``parse_transfer_item``),
+``Node.verify`` over a batch (wall time and process CPU), the writer's commit (submit a
+batch, await every outcome), and the single-transfer path as the handler runs it
+(``_apply_one``) from 64 concurrent tasks; then the WAL bytes a commit of 16 transfers
+writes. Prints one line per stage.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from bench.procs import cpu_seconds
 from bench.sign import Signer, member_key
 from crypto.canonical import parse_json
 from crypto.keys import read_key_file
+from node import storage
 from node.api import _apply_one
 from node.config import Config
 from node.intake import parse_transfer_item
@@ -58,9 +63,21 @@ async def main_async(transfers: int, batch: int, members: int) -> None:
             signer = Signer(pool, os.cpu_count() or 1, ledger, 7, members)
             batch_bodies = signer.bodies(transfers, batch).split(b"\n")[:-1]
             singles = signer.bodies(transfers // 4).split(b"\n")[:-1]
+            wal_bodies = signer.bodies(1600, 16).split(b"\n")[:-1]
 
         def line(name: str, seconds: float, n: int, extra: str = "") -> None:
             print(f"{name:28s} {seconds / n * 1e6:8.1f} µs/transfer {extra}", flush=True)
+
+        # Parsed and checked in the signature workers (what the batch handler does): the
+        # event loop's CPU, and the workers' (this process's descendants, from /proc).
+        await node.read_transfers(batch_bodies[0], batch)  # (starts the workers)
+        c0, all0 = cpu(), cpu_seconds(os.getpid())
+        for body in batch_bodies:
+            await node.read_transfers(body, batch)
+        loop_s = cpu() - c0
+        line("read in workers (loop CPU)", loop_s, transfers,
+             f"workers {(cpu_seconds(os.getpid()) - all0 - loop_s) / transfers * 1e6:.1f} "
+             "µs/transfer")
 
         c0 = cpu()
         items = []
@@ -100,6 +117,22 @@ async def main_async(transfers: int, batch: int, members: int) -> None:
         await asyncio.gather(*(worker() for _ in range(64)))
         line("single path, 64 tasks (CPU)", cpu() - c0, len(parsed),
              f"wall {(time.perf_counter() - w0) / len(parsed) * 1e6:.1f} µs/transfer")
+
+        # WAL written per commit of 16 transfers (about figure 1's group commits), with
+        # automatic checkpoints off so that the file only grows.
+        assert node.db is not None
+        await node.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await node.db.execute("PRAGMA wal_autocheckpoint=0")
+        wal = data / f"{storage.DB_FILE}-wal"
+        size0, w0 = wal.stat().st_size, time.perf_counter()
+        for body in wal_bodies:
+            read = await node.read_transfers(body, 16)
+            outcomes = await node.writer.submit_batch(
+                [(item.signed, check, item.memo) for item, check in read])  # type: ignore[misc]
+            assert all(o.code.value == "ok" for o in outcomes)
+        n = len(wal_bodies)
+        print(f"{'WAL per commit of 16':28s} {(wal.stat().st_size - size0) / n / 1024:8.1f} "
+              f"KiB/commit wall {(time.perf_counter() - w0) / n * 1e3:.2f} ms/commit", flush=True)
     finally:
         await node.stop()
         shutil.rmtree(work, ignore_errors=True)
