@@ -70,7 +70,9 @@ async def main_async(transfers: int, batch: int, members: int) -> None:
 
         # Parsed and checked in the signature workers (what the batch handler does): the
         # event loop's CPU, and the workers' (this process's descendants, from /proc).
-        await node.read_transfers(batch_bodies[0], batch)  # (starts the workers)
+        # (Starts every worker, and each one's first reading imports node.intake.)
+        await asyncio.gather(*(node.read_transfers(body, batch)
+                               for body in batch_bodies[: max(1, node.verifier.workers)]))
         c0, all0 = cpu(), cpu_seconds(os.getpid())
         for body in batch_bodies:
             await node.read_transfers(body, batch)
