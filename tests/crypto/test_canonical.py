@@ -123,6 +123,13 @@ def test_integers_beyond_two_to_the_53_are_refused(text: str) -> None:
     assert refusal(text.encode()) == "integer_out_of_range"
 
 
+@pytest.mark.parametrize("data", [b"\xef\xbb\xbf{}", "\ufeff{}", b"{} {}", b"{} x", b""])
+def test_a_byte_order_mark_or_anything_after_the_value_is_refused(data: bytes | str) -> None:
+    with pytest.raises(CanonicalError) as exc:
+        parse_json(data)
+    assert exc.value.code == "invalid_json"
+
+
 def test_the_largest_safe_integers_are_accepted() -> None:
     assert parse_json(b"[9007199254740991, -9007199254740991]") == [MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER]
 
