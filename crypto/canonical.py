@@ -59,6 +59,11 @@ def _check(value: JSONValue) -> None:
         raise CanonicalError("invalid_value", f"cannot encode {type(value).__name__} as JSON")
 
 
+# ``json.dumps(value, **these)``, without building the encoder at every call.
+_CANONICAL_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_json(value: JSONValue) -> bytes:
     """The RFC 8785 form of ``value`` as UTF-8 bytes.
 
@@ -71,8 +76,7 @@ def canonical_json(value: JSONValue) -> bytes:
     """
     try:
         _check(value)
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                          allow_nan=False)
+        text = _CANONICAL_ENCODER.encode(value)
     except RecursionError as exc:
         raise CanonicalError("invalid_value", "JSON nested too deeply") from exc
     try:
