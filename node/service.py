@@ -124,14 +124,6 @@ async def init_data_dir(
     )
 
 
-def _check(signed: Signed) -> SigCheck:
-    return signed.verified_signers()
-
-
-def check_signatures(items: list[Signed]) -> list[SigCheck]:
-    return [_check(s) for s in items]
-
-
 # --- signature checks off the event loop ----------------------------------------------------
 
 def _jobs(items: list[Signed]) -> list[Job]:
@@ -165,6 +157,13 @@ def _sigchecks(items: list[Signed], good: list[bool]) -> list[SigCheck]:
         n += len(sigs)
         out.append((frozenset(keys), len(keys) == len({s.key for s in sigs})))
     return out
+
+
+def verdicts(answer: bytes, n: int) -> list[bool]:
+    """The ``n`` verdicts of a signatures part's answer (a byte each, 1 where it verifies)."""
+    if len(answer) != n:
+        raise RuntimeError("a signature worker answered the wrong number of verdicts")
+    return [b == 1 for b in answer]
 
 
 class _Worker:
@@ -204,9 +203,7 @@ class SigWorkers:
         starting = self.starting[i]
         if starting is not None:  # another job is starting this slot's worker
             await starting
-            worker = self.workers[i]
-            assert worker is not None
-            return worker
+            return await self._worker(i)  # (it may have died already: then start another)
         starting = self.starting[i] = asyncio.get_running_loop().create_future()
         try:
             env = dict(os.environ)
@@ -226,7 +223,10 @@ class SigWorkers:
             starting.set_result(None)
             return worker
         except BaseException as exc:
-            starting.set_exception(exc)
+            # The jobs waiting for this start fail with it; but a starter that was cancelled
+            # (its client hung up) fails them with an error, not a cancellation of their own.
+            starting.set_exception(RuntimeError("starting a signature worker was cancelled")
+                                   if isinstance(exc, asyncio.CancelledError) else exc)
             starting.exception()  # retrieved: others awaiting it get it raised
             raise
         finally:
@@ -287,9 +287,7 @@ class SigWorkers:
     async def check(self, jobs: list[Job]) -> list[bool]:
         """Each signature's verdict, in order."""
         (answer,) = await self.run([(SIGNATURES, encode_signatures(jobs))], len(jobs))
-        if len(answer) != len(jobs):
-            raise RuntimeError("a signature worker answered the wrong number of verdicts")
-        return [b == 1 for b in answer]
+        return verdicts(answer, len(jobs))
 
     async def close(self) -> None:
         self.closing = True
@@ -349,9 +347,7 @@ class Verifier:
             good = [ok for part in parts for ok in part]
         else:
             answer = await self._queue((SIGNATURES, encode_signatures(jobs)), len(jobs))
-            if len(answer) != len(jobs):
-                raise RuntimeError("a signature worker answered the wrong number of verdicts")
-            good = [b == 1 for b in answer]
+            good = verdicts(answer, len(jobs))
         return _sigchecks(items, good)
 
     async def read_transfers(self, body: bytes, max_batch: int = 0) -> list[Read]:

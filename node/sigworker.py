@@ -18,9 +18,10 @@ out, in order; a frame holds parts, each answered in turn:
 
 The worker exits when its standard input closes: when the node stops, or dies (a SIGKILLed
 node's pipes close with it, so no worker outlives it). It ignores SIGINT, which a Ctrl-C
-sends to the node's whole process group: the node stops it by closing its input. It never writes anything else to
-standard output; errors go to standard error, and a malformed frame ends the worker (the
-node then fails the jobs it had sent and starts another).
+sends to the node's whole process group: the node stops it by closing its input. It never
+writes anything else to standard output; errors go to standard error, and a malformed frame
+(or input that ends inside one) ends the worker (the node then fails the jobs it had sent
+and starts another).
 
 Why a process and a pipe, not a thread or ``concurrent.futures``: libsodium releases the GIL,
 but a thread must win it back after every signature from a busy event loop, which keeps it up
@@ -175,7 +176,9 @@ def main() -> int:
             return 0  # the node closed the pipe: stop
         (length,) = HEADER.unpack(header)
         payload = _read_exactly(stdin, length) if length else b""
-        answer = answer_frame(payload or b"")
+        if payload is None:
+            raise ValueError("standard input closed inside a frame")
+        answer = answer_frame(payload)
         stdout.write(HEADER.pack(len(answer)) + answer)
         stdout.flush()
 

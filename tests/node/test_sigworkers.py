@@ -187,3 +187,13 @@ async def test_no_job_is_taken_once_closing():
     with pytest.raises(RuntimeError, match="stopping"):
         await pool.check(jobs)
     assert pool.workers == [None]
+
+
+def test_input_that_ends_inside_a_frame_is_refused_not_answered(tmp_path):
+    """Input that ends right after a frame's length is an error (the node fails its jobs),
+    not an empty frame answered with no verdicts."""
+    frame = encode_frame([(SIGNATURES, encode_signatures(jobs_with_bad(3)[0]))])
+    proc = subprocess.run([sys.executable, "-m", "node.sigworker"], input=frame[:4],
+                          capture_output=True, cwd=os.getcwd(), timeout=60)
+    assert proc.returncode != 0 and proc.stdout == b""
+    assert b"closed inside a frame" in proc.stderr
