@@ -8,9 +8,9 @@ processes), then times, per transfer: batch bodies read in the signature workers
 batch handler reads them (``Node.read_transfers``: the event loop's CPU and the workers'),
 strict parsing of batch bodies on the loop (``parse_json`` and ``parse_transfer_item``),
 ``Node.verify`` over a batch (wall time and process CPU), the writer's commit (submit a
-batch, await every outcome), and the single-transfer path as the handler runs it
-(``_apply_one``) from 64 concurrent tasks; then the WAL bytes a commit of 16 transfers
-writes. Prints one line per stage.
+batch, await every outcome), and the single-transfer path as ``POST /v1/transfers`` runs it
+(``Node.read_transfers``, then the writer) from 64 concurrent tasks; then the WAL bytes a
+commit of 16 transfers writes. Prints one line per stage.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from bench.sign import Signer, member_key
 from crypto.canonical import parse_json
 from crypto.keys import read_key_file
 from node import storage
-from node.api import _apply_one
 from node.config import Config
 from node.intake import parse_transfer_item
 from node.service import STEWARD_KEY, Node, init_data_dir
@@ -106,19 +105,19 @@ async def main_async(transfers: int, batch: int, members: int) -> None:
         line("writer (process CPU)", cpu() - c0, transfers,
              f"wall {(time.perf_counter() - w0) / transfers * 1e6:.1f} µs/transfer")
 
-        parsed = [parse_transfer_item(parse_json(b), "body") for b in singles]
-        queue = list(parsed)
+        queue = list(singles)
+        writer = node.writer
         c0, w0 = cpu(), time.perf_counter()
 
         async def worker() -> None:
             while queue:
-                it = queue.pop()
-                out = await _apply_one(node, it.signed, it.memo)
+                ((item, check),) = await node.read_transfers(queue.pop())  # type: ignore[misc]
+                out = await writer.submit(item.signed, check, item.memo)
                 assert out.code.value == "ok", out
 
         await asyncio.gather(*(worker() for _ in range(64)))
-        line("single path, 64 tasks (CPU)", cpu() - c0, len(parsed),
-             f"wall {(time.perf_counter() - w0) / len(parsed) * 1e6:.1f} µs/transfer")
+        line("single path, 64 tasks (CPU)", cpu() - c0, len(singles),
+             f"wall {(time.perf_counter() - w0) / len(singles) * 1e6:.1f} µs/transfer")
 
         # WAL written per commit of 16 transfers (about figure 1's group commits), with
         # automatic checkpoints off so that the file only grows.

@@ -42,7 +42,7 @@ def _migrations() -> list[tuple[int, str]]:
 
 class Rows:
     """The rows of a query that has already run to its end, read like an aiosqlite cursor
-    (``fetchone``, ``fetchall``, ``fetchmany``, ``async for``, ``async with``)."""
+    (``fetchone``, ``fetchall``, ``async for``, ``async with``)."""
 
     def __init__(self, rows: list[Any]) -> None:
         self._rows = rows
@@ -53,11 +53,6 @@ class Rows:
             return None
         self._at += 1
         return self._rows[self._at - 1]
-
-    async def fetchmany(self, size: int = 64) -> list[Any]:
-        rows = self._rows[self._at : self._at + size]
-        self._at += len(rows)
-        return rows
 
     async def fetchall(self) -> list[Any]:
         rows = self._rows[self._at :]

@@ -447,36 +447,36 @@ def _fast_transfer(obj: dict[str, Any]) -> tuple[Transfer, bytes] | None:
         and (memo is None or (type(memo) is str and HEX64_RE.match(memo)))
     ):
         return None
-    return _transfer(ledger, id_, payer, payee, amount, memo, valid_until)
-
-
-def _transfer(
-    ledger: str, id_: str, payer: str, payee: str, amount: int, memo: str | None,
-    valid_until: int,
-) -> tuple[Transfer, bytes]:
-    """The Transfer of fields already checked, with its RFC 8785 bytes (written directly: the
-    strings allowed in these fields need no escaping)."""
     memo_json = "null" if memo is None else f'"{memo}"'
     data = (
         f'{{"amount":{amount},"id":"{id_}","ledger":"{ledger}","memo_hash":{memo_json},'
         f'"payee":"{payee}","payer":"{payer}","type":"transfer","valid_until":{valid_until}}}'
     ).encode("ascii")
-    # As Transfer(...) makes it, without the frozen dataclass's __init__ (one
-    # object.__setattr__ per field): every field is given.
+    return _new_transfer(ledger, id_, payer, payee, amount, memo, valid_until), data
+
+
+def _new_transfer(
+    ledger: str, id_: str, payer: str, payee: str, amount: int, memo: str | None,
+    valid_until: int,
+) -> Transfer:
+    """``Transfer(...)`` of fields already checked, without the frozen dataclass's __init__
+    (one object.__setattr__ per field): this runs for every transfer."""
     t = object.__new__(Transfer)
     t.__dict__.update(
         ledger=ledger, id=id_, payer=payer, payee=payee, amount=amount, memo_hash=memo,
         valid_until=valid_until, type="transfer",
     )
-    return t, data
+    return t
 
 
-def _signed_once(msg: Transfer, data: bytes, key: PublicKey, key_text: str, sig: str) -> Signed:
-    signed = Signed(msg=msg, sigs=(Signature(key, sig),))
-    signed.__dict__["signed_bytes"] = data
-    signed.__dict__["canonical"] = (
-        b'{"msg":' + data + f',"sigs":[{{"key":"{key_text}","sig":"{sig}"}}]}}'.encode("ascii")
-    )
+def _signed_once(msg: Message, key: PublicKey, sig: str, signed_bytes: bytes,
+                 canonical: bytes) -> Signed:
+    """``Signed`` of a message with one signature, its bytes given (the same way)."""
+    signature = object.__new__(Signature)
+    signature.__dict__.update(key=key, sig=sig)
+    signed = object.__new__(Signed)
+    signed.__dict__.update(msg=msg, sigs=(signature,), signed_bytes=signed_bytes,
+                           canonical=canonical)
     return signed
 
 
@@ -488,19 +488,8 @@ def signed_transfer(
     and bytes (``Signed.signed_bytes`` and ``Signed.canonical``): for values it has already
     checked (in a signature worker, see ``node.intake``), rebuilt without checking them or
     writing the bytes again."""
-    t = object.__new__(Transfer)  # as in _transfer: the frozen dataclasses' __init__ is slow
-    t.__dict__.update(
-        ledger=ledger, id=id_, payer=payer, payee=payee, amount=amount, memo_hash=memo,
-        valid_until=valid_until, type="transfer",
-    )
-    key = _key(key_text)
-    assert key is not None, "signed_transfer is for keys already parsed"
-    signature = object.__new__(Signature)
-    signature.__dict__.update(key=key, sig=sig)
-    signed = object.__new__(Signed)
-    signed.__dict__.update(msg=t, sigs=(signature,), signed_bytes=signed_bytes,
-                           canonical=canonical)
-    return signed
+    return _signed_once(_new_transfer(ledger, id_, payer, payee, amount, memo, valid_until),
+                        PublicKey.parse(key_text), sig, signed_bytes, canonical)
 
 
 def _key(text: Any) -> PublicKey | None:
@@ -597,7 +586,9 @@ def _fast_signed(obj: Any, allowed: frozenset[str] | None) -> Signed | None:
     fast = _fast_transfer(msg_obj)
     if fast is None:
         return None
-    return _signed_once(fast[0], fast[1], key, key_text, sig)
+    msg, data = fast
+    canonical = b'{"msg":' + data + f',"sigs":[{{"key":"{key_text}","sig":"{sig}"}}]}}'.encode()
+    return _signed_once(msg, key, sig, data, canonical)
 
 
 def parse_signed(obj: Any, allowed: frozenset[str] | None = None, where: str = "body") -> Signed:
