@@ -52,11 +52,7 @@ def main() -> None:
     host, _, port = args.listen.rpartition(":")
     if host != "127.0.0.1":
         parser.error("the bare server listens on 127.0.0.1 only")
-    import os
-    if os.environ.get('TALLY_LOOP')=='uvloop':
-        import uvloop; uvloop.run(serve(host, int(port)))
-    else:
-        asyncio.run(serve(host, int(port)))
+    asyncio.run(serve(host, int(port)))
 
 
 if __name__ == "__main__":
