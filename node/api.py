@@ -408,8 +408,9 @@ async def get_history(request: web.Request) -> web.Response:
     page_max = node.config.api.history_page_max
     limit = _int_param(request, "limit", 50, 1, page_max)
     cursor = _int_param(request, "cursor", None, 0, 2**53 - 1)
-    assert node.reader is not None and limit is not None
-    postings = await storage.history(node.reader, handle, cursor, limit)
+    assert node.lookup is not None and node.writer is not None and limit is not None
+    postings = storage.history(node.lookup, node.writer.held_postings(handle), handle, cursor,
+                               limit)
     next_cursor = postings[-1].index if len(postings) == limit else None
     return web.json_response(
         {"handle": handle, "postings": [p.to_json() for p in postings], "next": next_cursor}
@@ -452,9 +453,12 @@ async def erase_memos(request: web.Request) -> web.Response:
 
     async def erase(db: aiosqlite.Connection) -> None:
         nonlocal erased
+        assert node.writer is not None
+        held = [p[1] for p in node.writer.held_postings(handle)]  # not in postings yet
         cur = await db.execute(
-            "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?)",
-            (handle,),
+            "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?) "
+            f"OR idx IN ({','.join('?' * len(held))})",
+            (handle, *held),
         )
         erased = cur.rowcount
 

@@ -307,19 +307,29 @@ class Posting:
         }
 
 
-async def history(
-    db: aiosqlite.Connection, handle: str, before: int | None, limit: int
+def history(
+    lookup: PointReader, held: list[tuple[str, int, int, str, str, int]], handle: str,
+    before: int | None, limit: int,
 ) -> list[Posting]:
-    """An account's postings, newest first, strictly before log index ``before`` if given."""
-    sql = (
+    """An account's postings, newest first, strictly before log index ``before`` if given:
+    those in the postings table merged with ``held``, the account's postings the writer has
+    not written there yet (``Writer.held_postings``), each once."""
+    bound = before if before is not None else 2**62
+    rows = {row[0]: row for row in lookup.rows(
         "SELECT p.idx, p.amount, p.counterparty, p.event_id, p.node_time, m.memo "
         "FROM postings p LEFT JOIN memos m ON m.idx = p.idx "
-        "WHERE p.handle = ? AND p.idx < ? ORDER BY p.idx DESC LIMIT ?"
-    )
-    bound = before if before is not None else 2**62
-    async with db.execute(sql, (handle, bound, limit)) as cur:
-        rows = await cur.fetchall()
-    return [Posting(*row) for row in rows]
+        "WHERE p.handle = ? AND p.idx < ? ORDER BY p.idx DESC LIMIT ?",
+        (handle, bound, limit),
+    )}
+    newest = sorted((p for p in held if p[1] < bound and p[1] not in rows),
+                    key=lambda p: p[1], reverse=True)[:limit]
+    if newest:
+        marks = ",".join("?" * len(newest))
+        memos = dict(lookup.rows(f"SELECT idx, memo FROM memos WHERE idx IN ({marks})",
+                                 tuple(p[1] for p in newest)))
+        for _, idx, amount, other, event_id, node_time in newest:
+            rows[idx] = (idx, amount, other, event_id, node_time, memos.get(idx))
+    return [Posting(*rows[idx]) for idx in sorted(rows, reverse=True)[:limit]]
 
 
 async def event_index(db: aiosqlite.Connection, event_id: str) -> int | None:

@@ -304,10 +304,14 @@ def apply_transfer(
         )
     payer.balance -= t.amount
     payee.balance += t.amount
-    return _record(
-        state, t.id, d, (t.payer, t.payee),
-        ((t.payer, -t.amount, t.payee), (t.payee, t.amount, t.payer)),
-    )
+    return _record(state, t.id, d, (t.payer, t.payee), transfer_postings(t))
+
+
+def transfer_postings(t: Transfer) -> tuple[tuple[str, int, str], ...]:
+    """The history postings an applied transfer makes, (handle, amount, counterparty): the
+    payer's, then the payee's. A function of the transfer alone, so they can be rebuilt from
+    the log."""
+    return ((t.payer, -t.amount, t.payee), (t.payee, t.amount, t.payer))
 
 
 def _check_limits(debit: int, credit: int) -> Outcome | None:
