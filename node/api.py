@@ -424,7 +424,7 @@ async def get_event(request: web.Request) -> web.Response:
     if not HEX32_RE.match(event_id):
         raise Problem(ResultCode.invalid_field, "an event id is 32 lowercase hex digits")
     assert node.reader is not None
-    index = await node.event_index(event_id)
+    index = await storage.event_index(node.reader, event_id)
     entry = await storage.read_entry(node.reader, index) if index is not None else None
     if entry is None or index is None:
         raise Problem(ResultCode.not_found, f"no event {event_id} in this ledger")

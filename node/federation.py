@@ -1001,7 +1001,7 @@ class Federation:
         """The signed message of the log entry ``seen`` knows by ``key``, if any."""
         db = self.node.reader
         assert db is not None
-        idx = await self.node.event_index(key)
+        idx = await storage.event_index(db, key)
         raw = await storage.read_entry(db, idx) if idx is not None else None
         return parse_log_entry(json.loads(raw)).payload if raw is not None else None
 
@@ -1606,7 +1606,13 @@ class Federation:
 
     async def our_statement(self, line_id: str) -> Signed:
         state = self.node.ledger
-        settled = self._settlements_logged(line_id)
+        db = self.node.reader
+        assert db is not None
+        prefix = f"line_settlement/{line_id}/"
+        async with db.execute("SELECT COUNT(*) FROM events WHERE id >= ? AND id < ?",
+                              (prefix, prefix[:-1] + "0")) as cur:
+            row = await cur.fetchone()
+        settled = int(row[0]) if row else 0
         return sign_message(statement(state, line_id, self.now(), state.size, settled),
                             self.node.node_key)
 
@@ -1863,22 +1869,18 @@ class Federation:
 
     async def next_settlement(self, line_id: str) -> int:
         """The sequence number a new settlement of this line takes."""
-        sequences = [self._settlements_logged(line_id)]
+        db = self.node.reader
+        assert db is not None
+        async with db.execute("SELECT COUNT(*) FROM events WHERE id LIKE ?",
+                              (f"line_settlement/{line_id}/%",)) as cur:
+            row = await cur.fetchone()
+        logged = int(row[0]) if row else 0
+        sequences = [logged]
         for signed, _ in self.settlements.values():
             s: Any = signed.msg
             if s.line == line_id:
                 sequences.append(int(s.sequence))
         return max(sequences) + 1
-
-    def _settlements_logged(self, line_id: str) -> int:
-        """How many settlements of the line the log holds: events table and held rows, read
-        in one step of the loop (``Writer.held_events_count``)."""
-        prefix = f"line_settlement/{line_id}/"
-        writer = self.node.writer
-        assert writer is not None
-        [(count,)] = self._lookup("SELECT COUNT(*) FROM events WHERE id >= ? AND id < ?",
-                                 (prefix, prefix[:-1] + "0"))
-        return int(count) + writer.held_events_count(prefix)
 
     def _settlement_line(self, s: LineSettlement) -> Line:
         current = self.node.ledger.lines.get(s.line)

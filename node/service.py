@@ -60,8 +60,6 @@ log = logging.getLogger(__name__)
 
 NODE_KEY = "node.key"
 STEWARD_KEY = "steward.key"
-# How long a clean stop waits for the writer to write the rows it holds (see ``_flush_held``).
-FLUSH_AT_STOP_SECONDS = 10.0
 
 
 class InitError(RuntimeError):
@@ -334,27 +332,6 @@ class Verifier:
         if self.pool is not None:
             await self.pool.close()
 
-    async def event_index(self, key: str) -> int | None:
-        """The log index of the event ``key`` (``protocol.ledger.seen_key``), or None if no
-        such event was applied. The writer's held rows first: a row leaves memory only once
-        it is in the events table (``node.writer.HELD_FLUSH``)."""
-        assert self.writer is not None and self.reader is not None
-        index = self.writer.held_event_index(key)
-        return index if index is not None else await storage.event_index(self.reader, key)
-
-    async def _flush_held(self) -> None:
-        """Write the rows the writer holds (``node.writer.HELD_FLUSH``) before stopping it,
-        so that a node stopped cleanly leaves its tables whole. Should it fail or take too
-        long, nothing is lost: the next start rebuilds them from the log."""
-        writer_task = next((t for t in self.tasks if t.get_name() == "writer"), None)
-        if self.writer is None or writer_task is None or writer_task.done():
-            return
-        try:
-            await asyncio.wait_for(self.writer.flush(), FLUSH_AT_STOP_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - logged; the log still holds every entry
-            log.warning("could not write the held rows before stopping (%s); the next "
-                        "start rebuilds them from the log", exc or type(exc).__name__)
-
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
             return []
@@ -537,7 +514,6 @@ class Node:
         if self.federation is not None:
             await self.federation.stop()
             self.federation = None
-        await self._flush_held()
         await stop_tasks(self.tasks)
         self.tasks.clear()
         for conn in (self.reader, self.db):
@@ -548,27 +524,6 @@ class Node:
             self.lookup.close()
             self.lookup = None
         await self.verifier.close()
-
-    async def event_index(self, key: str) -> int | None:
-        """The log index of the event ``key`` (``protocol.ledger.seen_key``), or None if no
-        such event was applied. The writer's held rows first: a row leaves memory only once
-        it is in the events table (``node.writer.HELD_FLUSH``)."""
-        assert self.writer is not None and self.reader is not None
-        index = self.writer.held_event_index(key)
-        return index if index is not None else await storage.event_index(self.reader, key)
-
-    async def _flush_held(self) -> None:
-        """Write the rows the writer holds (``node.writer.HELD_FLUSH``) before stopping it,
-        so that a node stopped cleanly leaves its tables whole. Should it fail or take too
-        long, nothing is lost: the next start rebuilds them from the log."""
-        writer_task = next((t for t in self.tasks if t.get_name() == "writer"), None)
-        if self.writer is None or writer_task is None or writer_task.done():
-            return
-        try:
-            await asyncio.wait_for(self.writer.flush(), FLUSH_AT_STOP_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - logged; the log still holds every entry
-            log.warning("could not write the held rows before stopping (%s); the next "
-                        "start rebuilds them from the log", exc or type(exc).__name__)
 
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         """Check signatures (``Signed.verified_signers`` of each item) off the event loop:

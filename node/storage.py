@@ -333,8 +333,6 @@ def history(
 
 
 async def event_index(db: aiosqlite.Connection, event_id: str) -> int | None:
-    """The event's index in the events table: use ``Node.event_index``, which also knows
-    the rows the writer has not written there yet."""
     async with db.execute("SELECT idx FROM events WHERE id = ?", (event_id,)) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else None

@@ -54,7 +54,7 @@ from node.intake import Memo
 from node.tree import TreeAppender
 from protocol.codes import ResultCode
 from protocol.ledger import (
-    LedgerState, Outcome, Policy, Seen, SigCheck, apply, digest, seen_key, transfer_postings,
+    LedgerState, Outcome, Policy, Seen, SigCheck, apply, seen_key, transfer_postings,
 )
 from protocol.messages import (
     Genesis, SetStewards, Signed, Transfer, encode_entry, parse_log_entry,
@@ -164,40 +164,16 @@ _CHUNKS = (256, 32, 4, 1)
 # load (many small group commits), committing those in the thread cost throughput.
 BIG_COMMIT = 256
 
-# The rows of ``events`` (one per log entry, under its random id) and transfers' rows of
-# ``postings`` (under the payer's and the payee's handles) each land on a B-tree page of
-# their own: written at every commit, they made ~18 of the ~21 KiB of WAL a transfer cost
-# in a commit of 16, and about two thirds of the writer's CPU (docs/benchmarks.md). So the
-# writer holds them in memory (``Held``) and writes those of this many log entries at once,
-# in the transaction of the commit that reaches the count (or at a clean stop: ``flush``).
-# Held rows are served from memory (``held_postings``, ``held_event_index``,
-# ``held_events_count``) and rebuilt from the log when the node starts;
-# ``meta.tables_upto`` is the log size below which every such row is in its table.
-HELD_FLUSH = 1024
+# Transfers' history postings are held in memory and written this many at a time, in the
+# transaction of the commit that reaches the count. A posting goes under its account's
+# handle, so each lands on a page of its own: written at every commit, the postings of a
+# commit of 16 transfers made ~12 of its ~21 KiB of WAL per transfer and about half the
+# writer's CPU (docs/benchmarks.md). Held ones are served from memory (``held_postings``)
+# and rebuilt from the log when the node starts (``start``); ``meta.postings_upto`` is the
+# log size below which every transfer's postings are in the table.
+POSTINGS_FLUSH = 2048
 
 Posting = tuple[str, int, int, str, str, int]  # handle, idx, amount, counterparty, event id, time
-EventRow = tuple[str, bytes, int]  # id (ledger.seen_key), digest, idx
-
-
-class Held:
-    """The rows of ``events``, and of ``postings`` for transfers, of the log entries since
-    the last flush: written to their tables only at the next one (see ``HELD_FLUSH``)."""
-
-    def __init__(self) -> None:
-        self.events: dict[str, tuple[bytes, int]] = {}  # id -> (digest, idx)
-        self.postings: dict[str, list[Posting]] = {}  # handle -> its postings, oldest first
-
-    def add(self, events: list[EventRow], postings: list[Posting]) -> None:
-        for key, d, idx in events:
-            self.events[key] = (d, idx)
-        for row in postings:
-            self.postings.setdefault(row[0], []).append(row)
-
-    def event_rows(self) -> list[EventRow]:
-        return [(key, d, idx) for key, (d, idx) in self.events.items()]
-
-    def posting_rows(self) -> list[Posting]:
-        return [row for rows in self.postings.values() for row in rows]
 
 
 def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
@@ -261,8 +237,8 @@ class Writer:
         self.nonces: dict[str, int] = {}
         self.last_time = 0
         self.commits = 0
-        self.held = Held()
-        self.flush_asked = False
+        self.held: dict[str, list[Posting]] = {}  # transfers' postings not yet in the table
+        self.held_count = 0
 
     async def start(self) -> None:
         now_s = self.clock_ms() // 1000
@@ -278,47 +254,35 @@ class Writer:
         await self._load_held()
 
     async def _load_held(self) -> None:
-        """Rebuild the held rows: those of the entries logged at or after
-        ``meta.tables_upto`` (since the last flush; memory does not outlive the process).
-        The log is the truth, and each row is a function of its entry alone."""
-        self.held = Held()
-        upto = int(await storage.get_meta(self.db, "tables_upto") or self.state.size)
-        events: list[EventRow] = []
-        postings: list[Posting] = []
+        """Rebuild the held postings: those of the transfers logged at or after
+        ``meta.postings_upto`` (made since the last flush, and lost with the process)."""
+        self.held, self.held_count = {}, 0
+        upto = int(await storage.get_meta(self.db, "postings_upto") or self.state.size)
+        rows: list[Posting] = []
         async with self.db.execute(
-            "SELECT idx, entry FROM log WHERE idx >= ? ORDER BY idx", (max(upto, 1),)
+            "SELECT idx, entry FROM log WHERE idx >= ? ORDER BY idx", (upto,)
         ) as cur:
             async for idx, entry in cur:
-                logged = parse_log_entry(json.loads(entry))
-                signed, index = logged.payload, int(idx)
-                events.append((seen_key(signed), digest(signed), index))
-                if isinstance(t := signed.msg, Transfer):
-                    postings += [(handle, index, amount, other, t.id, logged.node_time)
-                                 for handle, amount, other in transfer_postings(t)]
-        self.held.add(events, postings)
+                doc = json.loads(entry)
+                if doc["type"] != "transfer":
+                    continue
+                logged = parse_log_entry(doc)
+                t = logged.payload.msg
+                assert isinstance(t, Transfer)
+                rows += [(handle, int(idx), amount, other, t.id, logged.node_time)
+                         for handle, amount, other in transfer_postings(t)]
+        self._hold(rows)
+
+    def _hold(self, rows: list[Posting]) -> None:
+        for row in rows:
+            self.held.setdefault(row[0], []).append(row)
+        self.held_count += len(rows)
 
     def held_postings(self, handle: str) -> list[Posting]:
         """``handle``'s postings not yet written to the postings table, oldest first. Read
-        them in the same step of the event loop as the table (``storage.PointReader``), so
+        it in the same step of the event loop as the table (``storage.PointReader``), so
         that a flush cannot fall between the two reads."""
-        return list(self.held.postings.get(handle, ()))
-
-    def held_event_index(self, key: str) -> int | None:
-        """The log index of the event ``key`` if its row is held, else None: then it is in
-        the events table, or not applied (rows leave memory only once written)."""
-        row = self.held.events.get(key)
-        return row[1] if row is not None else None
-
-    def held_events_count(self, prefix: str) -> int:
-        """How many held events have an id starting with ``prefix``. Count the table in the
-        same step of the event loop (``storage.PointReader``), as for ``held_postings``."""
-        return sum(1 for key in self.held.events if key.startswith(prefix))
-
-    async def flush(self) -> None:
-        """Write every held row to its table now (a clean stop does, so that the tables are
-        whole on disk); return after COMMIT."""
-        self.flush_asked = True
-        await self.write_sql(lambda conn: None)
+        return list(self.held.get(handle, ()))
 
     def submit_nowait(self, request: Request) -> None:
         size = _size(request)
@@ -444,16 +408,12 @@ class Writer:
         if ids_set:
             for row in on_loop(self.db, _select_seen, list(ids_set)):
                 state.seen[row[0]] = Seen(bytes(row[1]), int(row[2]))
-            held_events = self.held.events
-            for key in ids_set & held_events.keys():
-                d, idx = held_events[key]
-                state.seen[key] = Seen(d, idx)
 
         results: list[Outcome | bool | list[Outcome]] = []
         entries: list[tuple[int, bytes]] = []
         event_rows: list[tuple[str, bytes, int]] = []
         postings: list[Posting] = []
-        held: list[Posting] = []  # this batch's transfers' postings: see HELD_FLUSH
+        held: list[Posting] = []  # this batch's transfers' postings: see POSTINGS_FLUSH
         memos: list[tuple[int, bytes, str]] = []
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []
@@ -519,16 +479,7 @@ class Writer:
 
         db = self.db
         statements: list[tuple[str, Any]] = []
-        # Held rows are written once those of HELD_FLUSH entries wait, or when asked.
-        flush = (len(self.held.events) + len(entries) >= HELD_FLUSH
-                 or (self.flush_asked and bool(self.held.events or entries)))
-        if flush:
-            event_rows += self.held.event_rows()
-            postings += self.held.posting_rows() + held
-            statements.append((
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('tables_upto', ?)",
-                (str(state.size),),
-            ))
+        flush = False
         if entries:
             statements.append(("INSERT INTO log (idx, entry) VALUES (?, ?)", entries))
             recorder = _Recorder()
@@ -538,6 +489,28 @@ class Writer:
             finally:
                 self.tree.db = db
             statements += recorder.statements
+            # Events and postings go in key order (by id; by handle, then index): SQLite then
+            # inserts into neighbouring B-tree pages one after the other, not all over its
+            # indexes (less CPU per row). The rows and the transaction are the same.
+            event_rows.sort()
+            statements.append(
+                ("INSERT INTO events (id, digest, idx) VALUES (?, ?, ?)", event_rows)
+            )
+            flush = self.held_count + len(held) >= POSTINGS_FLUSH
+            if flush:
+                postings += [row for rows in self.held.values() for row in rows]
+                postings += held
+                statements.append((
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('postings_upto', ?)",
+                    (str(state.size),),
+                ))
+            if postings:
+                postings.sort()
+                statements.append((
+                    "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
+                    "node_time) VALUES (?, ?, ?, ?, ?, ?)",
+                    postings,
+                ))
             if memos:
                 statements.append(("INSERT INTO memos (idx, salt, memo) VALUES (?, ?, ?)", memos))
             if dirty:
@@ -566,21 +539,6 @@ class Writer:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('stewards', ?)",
                     (json.dumps(doc),),
                 ))
-        # Events and postings go in key order (by id; by handle, then index): SQLite then
-        # inserts into neighbouring B-tree pages one after the other, not all over its
-        # indexes (less CPU per row). The rows and the transaction are the same.
-        if flush and event_rows:
-            event_rows.sort()
-            statements.append(
-                ("INSERT INTO events (id, digest, idx) VALUES (?, ?, ?)", event_rows)
-            )
-        if postings:
-            postings.sort()
-            statements.append((
-                "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
-                "node_time) VALUES (?, ?, ?, ?, ?, ?)",
-                postings,
-            ))
         prune = False
         if new_nonces:
             statements.append(
@@ -610,9 +568,9 @@ class Writer:
         self.last_time = now
         self.commits += 1
         self.tree.committed()
-        if flush:
-            self.held = Held()
-        else:
-            self.held.add(event_rows, held)
-        self.flush_asked = False  # a flush asked for was queued before this batch: done
+        if entries:
+            if flush:
+                self.held, self.held_count = {}, 0
+            else:
+                self._hold(held)
         return results
