@@ -14,7 +14,8 @@ events) and await the outcome. The writer task takes whatever is queued — up t
 2. runs the pure ledger rules (``protocol.ledger.apply``) on each request in order;
 3. appends each accepted event to the log, its Merkle hashes, the derived tables (accounts,
    postings, memos, event ids) and any signed-request nonces, then runs the batch's
-   ``SqlRequest``s (writes beside the ledger rules, such as a payment's record).
+   ``SqlRequest``s (writes beside the ledger rules, such as a payment's record). A
+   transfer's postings may wait in memory, and go with a later commit (``HeldPostings``).
 
 Steps 1 and 3 each run as one plain ``sqlite3`` call sequence *on the event loop's thread*
 (``on_loop``); step 3 includes the COMMIT unless an ``OpRequest`` must run in between (ops
@@ -43,6 +44,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -164,16 +166,74 @@ _CHUNKS = (256, 32, 4, 1)
 # load (many small group commits), committing those in the thread cost throughput.
 BIG_COMMIT = 256
 
-# Transfers' history postings are held in memory and written this many at a time, in the
-# transaction of the commit that reaches the count. A posting goes under its account's
-# handle, so each lands on a page of its own: written at every commit, the postings of a
-# commit of 16 transfers made ~12 of its ~21 KiB of WAL per transfer and about half the
-# writer's CPU (docs/benchmarks.md). Held ones are served from memory (``held_postings``)
-# and rebuilt from the log when the node starts (``start``); ``meta.postings_upto`` is the
-# log size below which every transfer's postings are in the table.
-POSTINGS_FLUSH = 2048
+# Transfers' history postings wait in memory until their account has this many, then go
+# together with the next commit. A posting goes under its account's handle, so each lands on
+# a page of its own: written at every commit, the postings of a commit of 16 transfers made
+# ~12 of its ~21 KiB of WAL per transfer and about half the writer's CPU; written eight at
+# a time, eight share a page (docs/benchmarks.md). An account's postings also go once the
+# oldest has waited POSTINGS_MAX_AGE log entries, and all of them at a clean stop.
+POSTINGS_PER_WRITE = 8
+POSTINGS_MAX_AGE = 2048
 
 Posting = tuple[str, int, int, str, str, int]  # handle, idx, amount, counterparty, event id, time
+
+
+class HeldPostings:
+    """Transfers' postings not yet in the postings table, by account.
+
+    Served from memory (``Writer.held_postings``) and rebuilt from the log when the node
+    starts (``Writer.start``). ``meta.postings_upto`` is a log size below which every
+    transfer's postings are in the table; at or above it, the table says which are."""
+
+    def __init__(self) -> None:
+        self.by_handle: dict[str, list[Posting]] = {}
+        # (index of the oldest held posting, handle), oldest first; an entry whose handle
+        # was written since, or holds a newer oldest posting, is stale and skipped
+        self.oldest: deque[tuple[int, str]] = deque()
+
+    def due(self, new: dict[str, list[Posting]], size: int, everything: bool) -> set[str]:
+        """The accounts whose postings go with this commit, given its ``new`` ones and the
+        log ``size`` after it."""
+        if everything:
+            return set(self.by_handle) | set(new)
+        limit = size - POSTINGS_MAX_AGE
+        due = {h for h, rows in new.items()
+               if len(rows) + len(self.by_handle.get(h, ())) >= POSTINGS_PER_WRITE
+               or rows[0][1] < limit}
+        for idx, handle in self.oldest:
+            if idx >= limit:
+                break
+            rows = self.by_handle.get(handle)
+            if rows and rows[0][1] == idx:
+                due.add(handle)
+        return due
+
+    def upto(self, new: dict[str, list[Posting]], size: int) -> int:
+        """A log size below which every posting is in the table after this commit."""
+        oldest = [rows[0][1] for rows in new.values()]
+        for idx, handle in self.oldest:
+            rows = self.by_handle.get(handle)
+            if rows and rows[0][1] == idx:
+                oldest.append(idx)
+                break
+        return min(oldest, default=size)
+
+    def committed(self, new: dict[str, list[Posting]], written: set[str]) -> None:
+        for handle in written:
+            self.by_handle.pop(handle, None)
+        for handle, rows in new.items():
+            if handle in written:
+                continue
+            held = self.by_handle.setdefault(handle, [])
+            if not held:
+                self.oldest.append((rows[0][1], handle))
+            held += rows
+        while self.oldest:
+            idx, handle = self.oldest[0]
+            rows = self.by_handle.get(handle)
+            if rows and rows[0][1] == idx:
+                break
+            self.oldest.popleft()
 
 
 def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[Sequence[Any]]) -> None:
@@ -237,8 +297,9 @@ class Writer:
         self.nonces: dict[str, int] = {}
         self.last_time = 0
         self.commits = 0
-        self.held: dict[str, list[Posting]] = {}  # transfers' postings not yet in the table
-        self.held_count = 0
+        self.held = HeldPostings()
+        self.postings_upto = 0  # as in meta
+        self.flush_asked = False
 
     async def start(self) -> None:
         now_s = self.clock_ms() // 1000
@@ -254,13 +315,16 @@ class Writer:
         await self._load_held()
 
     async def _load_held(self) -> None:
-        """Rebuild the held postings: those of the transfers logged at or after
-        ``meta.postings_upto`` (made since the last flush, and lost with the process)."""
-        self.held, self.held_count = {}, 0
+        """Rebuild the held postings (memory does not outlive the process) from the log:
+        those of the transfers logged at or after ``meta.postings_upto`` that are not in
+        the table (see ``HeldPostings``). The log is the truth, and a transfer's postings
+        are a function of its entry alone."""
+        self.held = HeldPostings()
         upto = int(await storage.get_meta(self.db, "postings_upto") or self.state.size)
-        rows: list[Posting] = []
+        self.postings_upto = upto
+        new: dict[str, list[Posting]] = {}
         async with self.db.execute(
-            "SELECT idx, entry FROM log WHERE idx >= ? ORDER BY idx", (upto,)
+            "SELECT idx, entry FROM log WHERE idx >= ? ORDER BY idx", (max(upto, 1),)
         ) as cur:
             async for idx, entry in cur:
                 doc = json.loads(entry)
@@ -269,20 +333,34 @@ class Writer:
                 logged = parse_log_entry(doc)
                 t = logged.payload.msg
                 assert isinstance(t, Transfer)
-                rows += [(handle, int(idx), amount, other, t.id, logged.node_time)
-                         for handle, amount, other in transfer_postings(t)]
-        self._hold(rows)
-
-    def _hold(self, rows: list[Posting]) -> None:
-        for row in rows:
-            self.held.setdefault(row[0], []).append(row)
-        self.held_count += len(rows)
+                for handle, amount, other in transfer_postings(t):
+                    new.setdefault(handle, []).append(
+                        (handle, int(idx), amount, other, t.id, logged.node_time))
+        for handle in list(new):
+            # Those of its postings the table has (written since ``upto``): by index, not by
+            # the greatest, since postings other than transfers' are written at once.
+            async with self.db.execute(
+                "SELECT idx FROM postings WHERE handle = ? AND idx >= ?", (handle, upto)
+            ) as cur:
+                written = {int(row[0]) async for row in cur}
+            new[handle] = [p for p in new[handle] if p[1] not in written]
+            if not new[handle]:
+                del new[handle]
+        # oldest first, as commits would have held them
+        for handle in sorted(new, key=lambda h: new[h][0][1]):
+            self.held.committed({handle: new[handle]}, set())
 
     def held_postings(self, handle: str) -> list[Posting]:
         """``handle``'s postings not yet written to the postings table, oldest first. Read
-        it in the same step of the event loop as the table (``storage.PointReader``), so
-        that a flush cannot fall between the two reads."""
-        return list(self.held.get(handle, ()))
+        them in the same step of the event loop as the table (``storage.PointReader``), so
+        that a write cannot fall between the two reads."""
+        return list(self.held.by_handle.get(handle, ()))
+
+    async def flush(self) -> None:
+        """Write every held posting to the table now (a clean stop does, so that the table
+        is whole on disk); return after COMMIT."""
+        self.flush_asked = True
+        await self.write_sql(lambda conn: None)
 
     def submit_nowait(self, request: Request) -> None:
         size = _size(request)
@@ -413,7 +491,7 @@ class Writer:
         entries: list[tuple[int, bytes]] = []
         event_rows: list[tuple[str, bytes, int]] = []
         postings: list[Posting] = []
-        held: list[Posting] = []  # this batch's transfers' postings: see POSTINGS_FLUSH
+        held: dict[str, list[Posting]] = {}  # this batch's transfers' postings, by account
         memos: list[tuple[int, bytes, str]] = []
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []
@@ -459,9 +537,12 @@ class Writer:
                 event_rows.append((outcome.key, state.seen[outcome.key].digest, index))
                 dirty.update(outcome.touched)
                 event_id = getattr(msg, "id", "")
-                to = held if isinstance(msg, Transfer) else postings
                 for handle, amount, counterparty in outcome.postings:
-                    to.append((handle, index, amount, counterparty, event_id, now))
+                    row = (handle, index, amount, counterparty, event_id, now)
+                    if isinstance(msg, Transfer):
+                        held.setdefault(handle, []).append(row)
+                    else:
+                        postings.append(row)
                 if isinstance(msg, Transfer):
                     if memo is not None:
                         memos.append((index, memo.salt, memo.text))
@@ -479,7 +560,18 @@ class Writer:
 
         db = self.db
         statements: list[tuple[str, Any]] = []
-        flush = False
+        # Transfers' postings: those of the accounts due go now, the others wait.
+        written = self.held.due(held, state.size, self.flush_asked)
+        for handle in written:
+            postings += self.held.by_handle.get(handle, [])
+            postings += held.get(handle, [])
+        waiting = {h: rows for h, rows in held.items() if h not in written}
+        upto = self.held.upto(waiting, state.size) if not self.flush_asked else state.size
+        if upto != self.postings_upto:
+            statements.append((
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('postings_upto', ?)",
+                (str(upto),),
+            ))
         if entries:
             statements.append(("INSERT INTO log (idx, entry) VALUES (?, ?)", entries))
             recorder = _Recorder()
@@ -496,21 +588,6 @@ class Writer:
             statements.append(
                 ("INSERT INTO events (id, digest, idx) VALUES (?, ?, ?)", event_rows)
             )
-            flush = self.held_count + len(held) >= POSTINGS_FLUSH
-            if flush:
-                postings += [row for rows in self.held.values() for row in rows]
-                postings += held
-                statements.append((
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('postings_upto', ?)",
-                    (str(state.size),),
-                ))
-            if postings:
-                postings.sort()
-                statements.append((
-                    "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
-                    "node_time) VALUES (?, ?, ?, ?, ?, ?)",
-                    postings,
-                ))
             if memos:
                 statements.append(("INSERT INTO memos (idx, salt, memo) VALUES (?, ?, ?)", memos))
             if dirty:
@@ -539,6 +616,13 @@ class Writer:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('stewards', ?)",
                     (json.dumps(doc),),
                 ))
+        if postings:
+            postings.sort()
+            statements.append((
+                "INSERT INTO postings (handle, idx, amount, counterparty, event_id, "
+                "node_time) VALUES (?, ?, ?, ?, ?, ?)",
+                postings,
+            ))
         prune = False
         if new_nonces:
             statements.append(
@@ -568,9 +652,7 @@ class Writer:
         self.last_time = now
         self.commits += 1
         self.tree.committed()
-        if entries:
-            if flush:
-                self.held, self.held_count = {}, 0
-            else:
-                self._hold(held)
+        self.held.committed(waiting, written)
+        self.postings_upto = upto
+        self.flush_asked = False  # a flush asked for was queued before this batch: done
         return results

@@ -1,5 +1,6 @@
 -- Tally schema, version 1. The log is the truth; every other table is derived from it in the
 -- same transaction that appends to it, so `tally audit` can rebuild and compare them.
+-- (Since version 5, transfers' `postings` may be written some commits later: see 0005.)
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,

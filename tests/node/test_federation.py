@@ -1043,3 +1043,27 @@ async def test_a_peer_that_takes_and_never_pays_costs_at_most_the_line_granted(
     code = doc.get("code") if status != 200 else answer(doc, b).msg.code  # type: ignore[union-attr]
     assert code in LINE_FULL, doc
     assert exposure() <= B_LIMIT
+
+
+async def test_a_crash_keeps_the_local_postings_that_waited_behind_a_payment(
+    linked: Pair, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """alice's local transfers' postings wait in memory (``node.writer.HeldPostings``) while
+    her payment across the line posts at once, at a later log index. After a crash (nothing
+    written at the stop) A's history of alice still holds all three and sums to her
+    balance."""
+    a, b = linked.a, linked.b
+    for amount in (5, 7):
+        assert (await a.member("alice").pay("alice", "ann", amount))["result"] == "ok"
+    await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 100, 100)
+
+    async def no_flush(self: Node) -> None:
+        pass
+
+    monkeypatch.setattr(Node, "_flush_held", no_flush)
+    await restart(a)
+    monkeypatch.undo()
+    history = await a.member("alice").history("alice")
+    assert len(history) == 3
+    assert sum(p["amount"] for p in history) == a.account("alice")["balance"] == -5 - 7 - 67
+    assert [p["amount"] for p in await a.member("ann").history("ann")] == [7, 5]

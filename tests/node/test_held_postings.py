@@ -1,6 +1,7 @@
-"""Transfers' history postings are held in memory and written to the postings table in bulk
-(``node.writer.POSTINGS_FLUSH``): a member's history is whole and in order whichever side
-of a flush, a restart or a memo erasure its postings are on."""
+"""Transfers' history postings wait in memory until their account has a few
+(``node.writer.POSTINGS_PER_WRITE``) or the oldest has waited long enough: a member's history
+is whole and in order whichever side of a write, a restart, a crash or a memo erasure its
+postings are on."""
 
 from __future__ import annotations
 
@@ -19,18 +20,24 @@ from node.api import make_app
 from node.client import TallyClient, transfer_body
 from node.config import Config
 from node.service import Node
+from node.writer import HeldPostings
 from tests.node.conftest import Collective, start_collective
 
 
-async def pay(coop: Collective, amount: int, memo: str | None = None) -> int:
-    body = transfer_body(coop.alice, coop.node.ledger.ledger_id, "alice", "bob", amount, memo)
-    receipt = await coop.client.submit_transfer(body)
+def body(coop: Collective, amount: int, memo: str | None = None,
+         payee: str = "bob") -> dict[str, Any]:
+    return transfer_body(coop.alice, coop.node.ledger.ledger_id, "alice", payee, amount, memo)
+
+
+async def pay(coop: Collective, amount: int, memo: str | None = None,
+              payee: str = "bob") -> int:
+    receipt = await coop.client.submit_transfer(body(coop, amount, memo, payee))
     assert receipt["result"] == "ok"
     return int(receipt["index"])
 
 
 async def pages(coop: Collective, handle: str, key: Any, limit: int) -> list[dict[str, Any]]:
-    """Every posting of ``handle``, two requests' worth of cursor at a time."""
+    """Every posting of ``handle``, following the cursor ``limit`` postings at a time."""
     out: list[dict[str, Any]] = []
     async with TallyClient(coop.url, key, retries=0) as client:
         cursor = None
@@ -42,69 +49,191 @@ async def pages(coop: Collective, handle: str, key: Any, limit: int) -> list[dic
                 return out
 
 
-def table(coop: Collective) -> list[tuple[str, int, int]]:
-    assert coop.node.lookup is not None
-    return [tuple(r) for r in coop.node.lookup.rows(
-        "SELECT handle, idx, amount FROM postings ORDER BY idx, handle")]
+def posted(data_dir: Path) -> list[tuple[str, int]]:
+    """(handle, log index) of every row of the postings table, read from the file."""
+    db = sqlite3.connect(f"file:{data_dir / storage.DB_FILE}?mode=ro", uri=True)
+    try:
+        return [tuple(r) for r in db.execute("SELECT handle, idx FROM postings ORDER BY handle, idx")]
+    finally:
+        db.close()
 
 
-async def test_history_is_whole_and_in_order_across_a_flush(
-        coop: Collective, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(writer, "POSTINGS_FLUSH", 6)  # two postings a transfer: every third
-    indexes = [await pay(coop, 10 + i, memo=f"shift {i}") for i in range(7)]
-    # The third and the sixth transfers' commits wrote the held postings to the table; the
-    # seventh's are still held.
-    assert [idx for _, idx, _ in table(coop)] == sorted(indexes[:6] * 2)
-    assert coop.node.lookup is not None
-    upto = coop.node.lookup.rows("SELECT value FROM meta WHERE key = 'postings_upto'")
-    assert upto == [(str(indexes[5] + 1),)]
+async def test_history_is_whole_and_in_order_as_postings_wait_and_go(coop: Collective) -> None:
+    per = writer.POSTINGS_PER_WRITE
+    indexes = [await pay(coop, 10 + i, memo=f"shift {i}") for i in range(per + 2)]
+    # alice's and bob's first `per` postings went to the table together; the last two wait
+    assert posted(coop.node.data_dir) == sorted(
+        (h, i) for i in indexes[:per] for h in ("alice", "bob"))
 
     for limit in (1, 2, 3, 50):
         bob = await pages(coop, "bob", coop.bob, limit)
         assert [p["index"] for p in bob] == indexes[::-1]
         assert [(p["amount"], p["memo"], p["counterparty"]) for p in bob] == [
-            (10 + i, f"shift {i}", "alice") for i in reversed(range(7))]
+            (10 + i, f"shift {i}", "alice") for i in reversed(range(per + 2))]
     alice = await pages(coop, "alice", coop.alice, 4)
-    assert [p["amount"] for p in alice] == [-(10 + i) for i in reversed(range(7))]
+    assert [p["amount"] for p in alice] == [-(10 + i) for i in reversed(range(per + 2))]
 
 
-async def test_held_postings_are_rebuilt_from_the_log_at_a_restart(tmp_path: Path) -> None:
-    server, coop = await start_collective(tmp_path)
-    try:
-        indexes = [await pay(coop, 5 + i, memo=f"meal {i}") for i in range(4)]
-        assert table(coop) == []  # all held: none written to the table yet
-        before = await pages(coop, "bob", coop.bob, 50)
-    finally:
-        await coop.client.close()
-        await server.close()  # stops the node: what was held in memory is gone
+async def test_postings_go_once_the_oldest_has_waited_long_enough(
+        coop: Collective, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer, "POSTINGS_PER_WRITE", 1000)  # only age sends them
+    monkeypatch.setattr(writer, "POSTINGS_MAX_AGE", 5)
+    carol = await coop.add_member("carol")
+    first = await pay(coop, 7, payee="carol")
+    later = [await pay(coop, 1) for _ in range(5)]
+    # carol's one posting went to the table with the entry that made it 5 entries old; of
+    # the others, only postings younger than that still wait (an account's go all at once)
+    made = {("carol", first), ("alice", first), *((h, i) for i in later for h in ("alice", "bob"))}
+    table = set(posted(coop.node.data_dir))
+    assert ("carol", first) in table and table <= made
+    assert all(idx >= later[-1] + 1 - 5 for _, idx in made - table)
+    assert made - table  # and some still wait: the age, not a write of everything, sent them
+    assert [p["amount"] for p in await pages(coop, "carol", carol, 50)] == [7]
+    assert [p["amount"] for p in await pages(coop, "alice", coop.alice, 2)] == [-1] * 5 + [-7]
 
+
+async def restart(tmp_path: Path, old: Collective) -> tuple[TestServer, Collective]:
     node = Node(tmp_path / "node", Config())
     server = TestServer(make_app(node), host="127.0.0.1")
     await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    return server, Collective(url, node, old.steward, old.alice, old.bob,
+                              TallyClient(url, retries=0))
+
+
+@pytest.mark.parametrize("stop", ["clean", "crash"])
+async def test_held_postings_outlive_the_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    """A clean stop writes the held postings; after a crash (nothing written at the stop)
+    the next start rebuilds them from the log. Either way history is as before, and the
+    rebuilt ones reach the table like any others."""
+    server, coop = await start_collective(tmp_path)
+    data = coop.node.data_dir
     try:
-        again = Collective(str(server.make_url("")).rstrip("/"), node, coop.steward, coop.alice,
-                           coop.bob, TallyClient(str(server.make_url("")).rstrip("/"), retries=0))
+        per = writer.POSTINGS_PER_WRITE
+        indexes = [await pay(coop, 5 + i, memo=f"meal {i}") for i in range(per + 3)]
+        in_table = sorted((h, i) for i in indexes[:per] for h in ("alice", "bob"))
+        assert posted(data) == in_table
+        before = await pages(coop, "bob", coop.bob, 50)
+        if stop == "crash":  # the process dies with its memory: nothing written at the stop
+            async def no_flush(self: Node) -> None:
+                pass
+            monkeypatch.setattr(Node, "_flush_held", no_flush)
+    finally:
+        await coop.client.close()
+        await server.close()
+    monkeypatch.undo()
+    everything = sorted((h, i) for i in indexes for h in ("alice", "bob"))
+    assert posted(data) == (in_table if stop == "crash" else everything)
+
+    server, again = await restart(tmp_path, coop)
+    try:
         after = await pages(again, "bob", coop.bob, 50)
         assert after == before
         assert [p["index"] for p in after] == indexes[::-1]
-        assert [p["memo"] for p in after] == [f"meal {i}" for i in reversed(range(4))]
-        # and, rebuilt, they reach the table with the next flush like any others
-        assert node.writer is not None
-        node.writer.held_count = writer.POSTINGS_FLUSH
-        last = await pay(again, 1)
-        assert [idx for _, idx, _ in table(again)] == sorted([*indexes, last] * 2)
+        assert [p["memo"] for p in after] == [f"meal {i}" for i in reversed(range(per + 3))]
+        # alice and bob each hold 3 (rebuilt after the crash) or none (written at the
+        # clean stop); this many more make `per` of each, and they all go to the table
+        more = [await pay(again, 1) for _ in range(per - 3 if stop == "crash" else per)]
+        assert posted(data) == sorted((h, i) for i in indexes + more for h in ("alice", "bob"))
         await again.client.close()
     finally:
         await server.close()
 
 
+async def test_a_start_after_a_crash_holds_only_what_the_table_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bob's postings wait while alice's (made at the same entries, and later) go to the
+    table: after a crash the node rebuilds from bob's oldest, and must not hold alice's
+    again (they would be written twice)."""
+    server, coop = await start_collective(tmp_path)
+    data = coop.node.data_dir
+    per = writer.POSTINGS_PER_WRITE
+    try:
+        carol = await coop.add_member("carol")
+        to_bob = [await pay(coop, 2) for _ in range(3)]
+        to_carol = [await pay(coop, 1, payee="carol") for _ in range(per - 3)]
+        assert {h for h, _ in posted(data)} == {"alice"}
+
+        async def no_flush(self: Node) -> None:
+            pass
+        monkeypatch.setattr(Node, "_flush_held", no_flush)
+    finally:
+        await coop.client.close()
+        await server.close()
+    monkeypatch.undo()
+
+    server, again = await restart(tmp_path, coop)
+    try:
+        alice = await pages(again, "alice", coop.alice, 50)
+        assert [p["index"] for p in alice] == (to_bob + to_carol)[::-1]
+        assert [p["amount"] for p in await pages(again, "carol", carol, 50)] == [1] * (per - 3)
+        more = [await pay(again, 2) for _ in range(per - 3)]  # bob's reach `per`: written
+        assert [p["index"] for p in await pages(again, "bob", coop.bob, 3)] == (to_bob + more)[::-1]
+        await again.client.close()
+    finally:
+        await server.close()  # a clean stop: everything else goes to the table, once
+    everything = [("alice", i) for i in to_bob + to_carol + more] + [
+        ("bob", i) for i in to_bob + more] + [("carol", i) for i in to_carol]
+    assert posted(data) == sorted(everything)
+
+
 async def test_erasing_memos_reaches_postings_not_yet_in_the_table(coop: Collective) -> None:
     await pay(coop, 3, memo="flat rent")
     await pay(coop, 4, memo="bike repair")
-    assert table(coop) == []
+    assert posted(coop.node.data_dir) == []
     async with TallyClient(coop.url, coop.steward, retries=0) as steward:
         assert (await steward.erase_memos("bob"))["erased"] == 2
     assert [p["memo"] for p in await pages(coop, "bob", coop.bob, 50)] == [None, None]
+
+
+# --- the bookkeeping of held postings, against a plain model ---------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(
+    commits=st.lists(st.tuples(st.lists(st.sampled_from("abcdef"), max_size=6), st.booleans()),
+                     max_size=40),
+    per=st.integers(1, 5),
+    age=st.integers(1, 12),
+)
+def test_held_postings_go_oldest_first_and_never_wait_too_long(
+        commits: list[tuple[list[str], bool]], per: int, age: int) -> None:
+    """Over any commits (each a list of accounts posted to, one log entry each, and whether
+    a flush was asked for): every posting is written once or held; an account's written
+    postings are its oldest; none waits past the age; and every posting under ``upto`` is
+    written, so a restart that rebuilds from there misses nothing."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writer, "POSTINGS_PER_WRITE", per)
+        patch.setattr(writer, "POSTINGS_MAX_AGE", age)
+        check_commits(commits, per, age)
+
+
+def check_commits(commits: list[tuple[list[str], bool]], per: int, age: int) -> None:
+    held, size, table, made = HeldPostings(), 1, [], []
+    for accounts, everything in commits:
+        new: dict[str, list[Any]] = {}
+        for handle in accounts:
+            row = (handle, size, 1, "x", f"{size:032x}", 0)
+            new.setdefault(handle, []).append(row)
+            made.append(row)
+            size += 1
+        due = held.due(new, size, everything)
+        for handle in due:
+            table += held.by_handle.get(handle, []) + new.get(handle, [])
+        waiting = {h: rows for h, rows in new.items() if h not in due}
+        upto = held.upto(waiting, size) if not everything else size
+        held.committed(waiting, due)
+        kept = [row for rows in held.by_handle.values() for row in rows]
+        assert sorted(table + kept) == sorted(made)
+        assert len(set(table)) == len(table)
+        for handle, rows in held.by_handle.items():
+            assert rows and all(r[1] > max((t[1] for t in table if t[0] == handle), default=0)
+                                for r in rows)
+            assert len(rows) < per
+            assert rows[0][1] >= size - age
+        assert all(r in table for r in made if r[1] < upto)
+        if everything:
+            assert not held.by_handle
 
 
 # --- the merge of table and held postings, against a plain sort of both ----------------------
