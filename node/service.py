@@ -334,19 +334,6 @@ class Verifier:
         if self.pool is not None:
             await self.pool.close()
 
-    async def _flush_held(self) -> None:
-        """Write the postings the writer holds (``node.writer.POSTINGS_PER_WRITE``) before
-        stopping it, so that a node stopped cleanly leaves its tables whole. Should it fail
-        or take too long, nothing is lost: the next start rebuilds them from the log."""
-        writer_task = next((t for t in self.tasks if t.get_name() == "writer"), None)
-        if self.writer is None or writer_task is None or writer_task.done():
-            return
-        try:
-            await asyncio.wait_for(self.writer.flush(), FLUSH_AT_STOP_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - logged; the log still holds every entry
-            log.warning("could not write the held postings before stopping (%s); the next "
-                        "start rebuilds them from the log", exc or type(exc).__name__)
-
     async def verify(self, items: list[Signed]) -> list[SigCheck]:
         if not items:
             return []

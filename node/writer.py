@@ -56,10 +56,22 @@ from node.intake import Memo
 from node.tree import TreeAppender
 from protocol.codes import ResultCode
 from protocol.ledger import (
-    LedgerState, Outcome, Policy, Seen, SigCheck, apply, seen_key, transfer_postings,
+    LedgerState,
+    Outcome,
+    Policy,
+    Seen,
+    SigCheck,
+    apply,
+    seen_key,
+    transfer_postings,
 )
 from protocol.messages import (
-    Genesis, SetStewards, Signed, Transfer, encode_entry, parse_log_entry,
+    Genesis,
+    SetStewards,
+    Signed,
+    Transfer,
+    encode_entry,
+    parse_log_entry,
 )
 
 log = logging.getLogger(__name__)
@@ -228,10 +240,10 @@ class HeldPostings:
             if not held:
                 self.oldest.append((rows[0][1], handle))
             held += rows
-        while self.oldest:
+        while self.oldest:  # drop stale entries from the front
             idx, handle = self.oldest[0]
-            rows = self.by_handle.get(handle)
-            if rows and rows[0][1] == idx:
+            kept = self.by_handle.get(handle)
+            if kept and kept[0][1] == idx:
                 break
             self.oldest.popleft()
 

@@ -53,7 +53,8 @@ def posted(data_dir: Path) -> list[tuple[str, int]]:
     """(handle, log index) of every row of the postings table, read from the file."""
     db = sqlite3.connect(f"file:{data_dir / storage.DB_FILE}?mode=ro", uri=True)
     try:
-        return [tuple(r) for r in db.execute("SELECT handle, idx FROM postings ORDER BY handle, idx")]
+        rows = db.execute("SELECT handle, idx FROM postings ORDER BY handle, idx")
+        return [tuple(r) for r in rows]
     finally:
         db.close()
 
@@ -101,6 +102,20 @@ async def restart(tmp_path: Path, old: Collective) -> tuple[TestServer, Collecti
                               TallyClient(url, retries=0))
 
 
+async def stop_node(server: TestServer, coop: Collective, monkeypatch: pytest.MonkeyPatch,
+                    crash: bool) -> None:
+    """Stop the node; with ``crash``, as if its process died: nothing written at the stop."""
+    if crash:
+        async def no_flush(self: Node) -> None:
+            pass
+        monkeypatch.setattr(Node, "_flush_held", no_flush)
+    try:
+        await coop.client.close()
+        await server.close()
+    finally:
+        monkeypatch.undo()
+
+
 @pytest.mark.parametrize("stop", ["clean", "crash"])
 async def test_held_postings_outlive_the_process(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
@@ -115,14 +130,8 @@ async def test_held_postings_outlive_the_process(
         in_table = sorted((h, i) for i in indexes[:per] for h in ("alice", "bob"))
         assert posted(data) == in_table
         before = await pages(coop, "bob", coop.bob, 50)
-        if stop == "crash":  # the process dies with its memory: nothing written at the stop
-            async def no_flush(self: Node) -> None:
-                pass
-            monkeypatch.setattr(Node, "_flush_held", no_flush)
     finally:
-        await coop.client.close()
-        await server.close()
-    monkeypatch.undo()
+        await stop_node(server, coop, monkeypatch, crash=stop == "crash")
     everything = sorted((h, i) for i in indexes for h in ("alice", "bob"))
     assert posted(data) == (in_table if stop == "crash" else everything)
 
@@ -154,14 +163,8 @@ async def test_a_start_after_a_crash_holds_only_what_the_table_lacks(
         to_bob = [await pay(coop, 2) for _ in range(3)]
         to_carol = [await pay(coop, 1, payee="carol") for _ in range(per - 3)]
         assert {h for h, _ in posted(data)} == {"alice"}
-
-        async def no_flush(self: Node) -> None:
-            pass
-        monkeypatch.setattr(Node, "_flush_held", no_flush)
     finally:
-        await coop.client.close()
-        await server.close()
-    monkeypatch.undo()
+        await stop_node(server, coop, monkeypatch, crash=True)
 
     server, again = await restart(tmp_path, coop)
     try:
