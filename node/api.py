@@ -409,8 +409,13 @@ async def get_history(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 50, 1, page_max)
     cursor = _int_param(request, "cursor", None, 0, 2**53 - 1)
     assert node.lookup is not None and node.writer is not None and limit is not None
-    postings = storage.history(node.lookup, node.writer.held_postings(handle), handle, cursor,
-                               limit)
+    held = node.writer.held_postings(handle)
+    if pending := node.writer.pending_postings(handle):
+        # a big batch's COMMIT may have landed before the writer resumed: those it holds
+        # under the log size this reader sees are committed
+        [(size,)] = node.lookup.rows("SELECT COALESCE(MAX(idx) + 1, 0) FROM log")
+        held += [p for p in pending if p[1] < size]
+    postings = storage.history(node.lookup, held, handle, cursor, limit)
     next_cursor = postings[-1].index if len(postings) == limit else None
     return web.json_response(
         {"handle": handle, "postings": [p.to_json() for p in postings], "next": next_cursor}
@@ -449,12 +454,19 @@ async def erase_memos(request: web.Request) -> web.Response:
     node = request.app[NODE]
     handle = _path_handle(request)
     await _account_or_404(node, handle)
+    return web.json_response({"handle": handle, "erased": await erase_memos_of(node, handle)})
+
+
+async def erase_memos_of(node: Node, handle: str) -> int:
+    """Erase the memos of ``handle``'s transfers, in the writer's next batch; how many."""
     erased = 0
 
     async def erase(db: aiosqlite.Connection) -> None:
         nonlocal erased
         assert node.writer is not None
-        held = [p[1] for p in node.writer.held_postings(handle)]  # not in postings yet
+        # not in the table yet: held, or left waiting by this very batch
+        held = [p[1] for p in node.writer.held_postings(handle)
+                + node.writer.pending_postings(handle)]
         cur = await db.execute(
             "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?) "
             f"OR idx IN ({','.join('?' * len(held))})",
@@ -464,7 +476,7 @@ async def erase_memos(request: web.Request) -> web.Response:
 
     assert node.writer is not None
     await node.writer.write(erase)
-    return web.json_response({"handle": handle, "erased": erased})
+    return erased
 
 
 def make_app(node: Node) -> web.Application:

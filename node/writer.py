@@ -123,6 +123,7 @@ class SqlRequest:
     run: Callable[[sqlite3.Connection], None]
     future: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    write_all_postings: bool = False  # and every held posting with this batch (``flush``)
 
 
 Request = EventRequest | EventBatch | NonceRequest | OpRequest | SqlRequest
@@ -311,7 +312,8 @@ class Writer:
         self.commits = 0
         self.held = HeldPostings()
         self.postings_upto = 0  # as in meta
-        self.flush_asked = False
+        # The waiting postings of the batch being committed: held once its COMMIT returns.
+        self.pending: dict[str, list[Posting]] = {}
 
     async def start(self) -> None:
         now_s = self.clock_ms() // 1000
@@ -348,14 +350,20 @@ class Writer:
                 for handle, amount, other in transfer_postings(t):
                     new.setdefault(handle, []).append(
                         (handle, int(idx), amount, other, t.id, logged.node_time))
-        for handle in list(new):
-            # Those of its postings the table has (written since ``upto``): by index, not by
-            # the greatest, since postings other than transfers' are written at once.
+        # Those the table has (written since ``upto``), by index, not by each account's
+        # greatest: postings other than transfers' are written at once, maybe newer.
+        handles = list(new)
+        written: set[tuple[str, int]] = set()
+        for start in range(0, len(handles), 500):
+            chunk = handles[start : start + 500]
             async with self.db.execute(
-                "SELECT idx FROM postings WHERE handle = ? AND idx >= ?", (handle, upto)
+                f"SELECT handle, idx FROM postings WHERE handle IN ({','.join('?' * len(chunk))})"
+                " AND idx >= ?", (*chunk, upto)
             ) as cur:
-                written = {int(row[0]) async for row in cur}
-            new[handle] = [p for p in new[handle] if p[1] not in written]
+                async for row in cur:
+                    written.add((row[0], int(row[1])))
+        for handle in handles:
+            new[handle] = [p for p in new[handle] if (handle, p[1]) not in written]
             if not new[handle]:
                 del new[handle]
         # oldest first, as commits would have held them
@@ -368,11 +376,19 @@ class Writer:
         that a write cannot fall between the two reads."""
         return list(self.held.by_handle.get(handle, ()))
 
+    def pending_postings(self, handle: str) -> list[Posting]:
+        """``handle``'s postings that the batch being committed leaves waiting: not in the
+        table, and not held until its COMMIT returns. Inside the batch's transaction (an
+        ``OpRequest``) they are the batch's own; outside it, those under the log size a
+        reader sees are committed (the COMMIT ran in a thread: ``BIG_COMMIT``)."""
+        return list(self.pending.get(handle, ()))
+
     async def flush(self) -> None:
         """Write every held posting to the table now (a clean stop does, so that the table
         is whole on disk); return after COMMIT."""
-        self.flush_asked = True
-        await self.write_sql(lambda conn: None)
+        request = SqlRequest(lambda conn: None, write_all_postings=True)
+        self.submit_nowait(request)
+        await request.future
 
     def submit_nowait(self, request: Request) -> None:
         size = _size(request)
@@ -573,12 +589,13 @@ class Writer:
         db = self.db
         statements: list[tuple[str, Any]] = []
         # Transfers' postings: those of the accounts due go now, the others wait.
-        written = self.held.due(held, state.size, self.flush_asked)
+        everything = any(isinstance(r, SqlRequest) and r.write_all_postings for r in batch)
+        written = self.held.due(held, state.size, everything)
         for handle in written:
             postings += self.held.by_handle.get(handle, [])
             postings += held.get(handle, [])
         waiting = {h: rows for h, rows in held.items() if h not in written}
-        upto = self.held.upto(waiting, state.size) if not self.flush_asked else state.size
+        upto = self.held.upto(waiting, state.size) if not everything else state.size
         if upto != self.postings_upto:
             statements.append((
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('postings_upto', ?)",
@@ -647,6 +664,7 @@ class Writer:
             # BEGIN, every statement, the SQL ops and COMMIT, on this thread; unless ops must
             # run first or the transaction is big.
             big = len(entries) >= BIG_COMMIT
+            self.pending = waiting
             on_loop(db, _write, statements, sql_ops, not ops and not big)
             for op in ops:
                 await op.run(db)
@@ -655,6 +673,7 @@ class Writer:
             elif ops:
                 on_loop(db, _commit_only)
         except BaseException:
+            self.pending = {}
             for nonce, _ in new_nonces:
                 self.nonces.pop(nonce, None)
             raise
@@ -665,6 +684,6 @@ class Writer:
         self.commits += 1
         self.tree.committed()
         self.held.committed(waiting, written)
+        self.pending = {}
         self.postings_upto = upto
-        self.flush_asked = False  # a flush asked for was queued before this batch: done
         return results

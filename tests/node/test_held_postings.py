@@ -5,6 +5,8 @@ postings are on."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -16,11 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import storage, writer
-from node.api import make_app
+from node.api import erase_memos_of, make_app
 from node.client import TallyClient, transfer_body
 from node.config import Config
+from node.intake import Memo
 from node.service import Node
-from node.writer import HeldPostings
+from node.writer import EventRequest, HeldPostings
+from protocol.ledger import memo_hash
+from protocol.messages import Transfer, sign_message
 from tests.node.conftest import Collective, start_collective
 
 
@@ -188,6 +193,63 @@ async def test_erasing_memos_reaches_postings_not_yet_in_the_table(coop: Collect
     async with TallyClient(coop.url, coop.steward, retries=0) as steward:
         assert (await steward.erase_memos("bob"))["erased"] == 2
     assert [p["memo"] for p in await pages(coop, "bob", coop.bob, 50)] == [None, None]
+
+
+async def hold_the_writer(coop: Collective) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """Keep the writer inside a batch (an op that waits), so that what is queued meanwhile
+    goes in its next batch, together."""
+    w = coop.node.writer
+    assert w is not None
+    gate, inside = asyncio.Event(), asyncio.Event()
+
+    async def wait(db: Any) -> None:
+        inside.set()
+        await gate.wait()
+
+    task = asyncio.create_task(w.write(wait))
+    await inside.wait()
+    return gate, task
+
+
+async def queued(coop: Collective, n: int) -> None:
+    assert coop.node.writer is not None
+    while coop.node.writer.queue.qsize() < n:
+        await asyncio.sleep(0.01)
+
+
+async def test_erasing_memos_reaches_a_transfer_of_the_same_batch(coop: Collective) -> None:
+    """The erasure runs in the batch's transaction after its transfers; a transfer of that
+    batch whose postings wait is in neither the table nor the held postings yet."""
+    w = coop.node.writer
+    assert w is not None
+    salt = os.urandom(16)
+    msg = Transfer(coop.node.ledger.ledger_id, os.urandom(16).hex(), "alice", "bob", 3,
+                   memo_hash(salt, "secret rent"), coop.node.clock_ms() + 600_000)
+    gate, holder = await hold_the_writer(coop)
+    transfer = EventRequest(sign_message(msg, coop.alice), (frozenset({coop.alice.public}), True),
+                            Memo("secret rent", salt))
+    w.submit_nowait(transfer)
+    erase = asyncio.create_task(erase_memos_of(coop.node, "bob"))  # what the endpoint runs
+    await queued(coop, 2)
+    gate.set()
+    await holder
+    assert (await transfer.future).code.value == "ok"
+    assert await erase == 1
+    assert [(p["amount"], p["memo"]) for p in await pages(coop, "bob", coop.bob, 50)] == [
+        (3, None)]
+
+
+async def test_a_flush_asked_for_during_a_commit_writes_everything(coop: Collective) -> None:
+    indexes = [await pay(coop, 2) for _ in range(3)]
+    assert posted(coop.node.data_dir) == []
+    gate, holder = await hold_the_writer(coop)
+    assert coop.node.writer is not None
+    flush = asyncio.create_task(coop.node.writer.flush())
+    await queued(coop, 1)
+    gate.set()
+    await holder
+    await flush
+    assert posted(coop.node.data_dir) == sorted((h, i) for i in indexes for h in ("alice", "bob"))
 
 
 # --- the bookkeeping of held postings, against a plain model ---------------------------------
