@@ -17,7 +17,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
 from crypto.canonical import parse_json
@@ -408,14 +407,8 @@ async def get_history(request: web.Request) -> web.Response:
     page_max = node.config.api.history_page_max
     limit = _int_param(request, "limit", 50, 1, page_max)
     cursor = _int_param(request, "cursor", None, 0, 2**53 - 1)
-    assert node.lookup is not None and node.writer is not None and limit is not None
-    held = node.writer.held_postings(handle)
-    if pending := node.writer.pending_postings(handle):
-        # a big batch's COMMIT may have landed before the writer resumed: those it holds
-        # under the log size this reader sees are committed
-        [(size,)] = node.lookup.rows("SELECT COALESCE(MAX(idx) + 1, 0) FROM log")
-        held += [p for p in pending if p[1] < size]
-    postings = storage.history(node.lookup, held, handle, cursor, limit)
+    assert limit is not None
+    postings = node.history(handle, cursor, limit)
     next_cursor = postings[-1].index if len(postings) == limit else None
     return web.json_response(
         {"handle": handle, "postings": [p.to_json() for p in postings], "next": next_cursor}
@@ -454,29 +447,7 @@ async def erase_memos(request: web.Request) -> web.Response:
     node = request.app[NODE]
     handle = _path_handle(request)
     await _account_or_404(node, handle)
-    return web.json_response({"handle": handle, "erased": await erase_memos_of(node, handle)})
-
-
-async def erase_memos_of(node: Node, handle: str) -> int:
-    """Erase the memos of ``handle``'s transfers, in the writer's next batch; how many."""
-    erased = 0
-
-    async def erase(db: aiosqlite.Connection) -> None:
-        nonlocal erased
-        assert node.writer is not None
-        # not in the table yet: held, or left waiting by this very batch
-        held = [p[1] for p in node.writer.held_postings(handle)
-                + node.writer.pending_postings(handle)]
-        cur = await db.execute(
-            "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?) "
-            f"OR idx IN ({','.join('?' * len(held))})",
-            (handle, *held),
-        )
-        erased = cur.rowcount
-
-    assert node.writer is not None
-    await node.writer.write(erase)
-    return erased
+    return web.json_response({"handle": handle, "erased": await node.erase_memos(handle)})
 
 
 def make_app(node: Node) -> web.Application:

@@ -528,6 +528,35 @@ class Node:
             self.lookup = None
         await self.verifier.close()
 
+    def history(self, handle: str, before: int | None, limit: int) -> list[storage.Posting]:
+        """``handle``'s postings, newest first, strictly before log index ``before`` if
+        given: the postings table and the writer's unwritten postings, read in one step of
+        the event loop (``storage.history``)."""
+        assert self.lookup is not None and self.writer is not None
+        [(size,)] = self.lookup.rows("SELECT COALESCE(MAX(idx) + 1, 0) FROM log")
+        return storage.history(self.lookup, self.writer.unwritten_postings(handle, size),
+                               handle, before, limit)
+
+    async def erase_memos(self, handle: str) -> int:
+        """Erase the memos of ``handle``'s transfers, in the writer's next batch; how many
+        (the log keeps only their salted hashes, so it verifies as before)."""
+        erased = 0
+
+        async def erase(db: aiosqlite.Connection) -> None:
+            nonlocal erased
+            assert self.writer is not None
+            unwritten = [p[1] for p in self.writer.unwritten_postings(handle)]
+            cur = await db.execute(
+                "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?) "
+                f"OR idx IN ({','.join('?' * len(unwritten))})",
+                (handle, *unwritten),
+            )
+            erased = cur.rowcount
+
+        assert self.writer is not None
+        await self.writer.write(erase)
+        return erased
+
     async def _flush_held(self) -> None:
         """Write the postings the writer holds (``node.writer.POSTINGS_PER_WRITE``) before
         stopping it, so that a node stopped cleanly leaves its tables whole. Should it fail

@@ -307,13 +307,16 @@ class Posting:
         }
 
 
+# A row of the postings table: handle, idx, amount, counterparty, event id, node time.
+PostingRow = tuple[str, int, int, str, str, int]
+
+
 def history(
-    lookup: PointReader, held: list[tuple[str, int, int, str, str, int]], handle: str,
-    before: int | None, limit: int,
+    lookup: PointReader, held: list[PostingRow], handle: str, before: int | None, limit: int,
 ) -> list[Posting]:
     """An account's postings, newest first, strictly before log index ``before`` if given:
     those in the postings table merged with ``held``, the account's postings the writer has
-    not written there yet (``Writer.held_postings``), each once."""
+    not written there yet (``Writer.unwritten_postings``), each once."""
     bound = before if before is not None else 2**62
     rows = {row[0]: row for row in lookup.rows(
         "SELECT p.idx, p.amount, p.counterparty, p.event_id, p.node_time, m.memo "

@@ -188,23 +188,23 @@ BIG_COMMIT = 256
 POSTINGS_PER_WRITE = 8
 POSTINGS_MAX_AGE = 2048
 
-Posting = tuple[str, int, int, str, str, int]  # handle, idx, amount, counterparty, event id, time
+PostingRow = storage.PostingRow
 
 
 class HeldPostings:
     """Transfers' postings not yet in the postings table, by account.
 
-    Served from memory (``Writer.held_postings``) and rebuilt from the log when the node
+    Served from memory (``Writer.unwritten_postings``) and rebuilt from the log when the node
     starts (``Writer.start``). ``meta.postings_upto`` is a log size below which every
     transfer's postings are in the table; at or above it, the table says which are."""
 
     def __init__(self) -> None:
-        self.by_handle: dict[str, list[Posting]] = {}
+        self.by_handle: dict[str, list[PostingRow]] = {}
         # (index of the oldest held posting, handle), oldest first; an entry whose handle
         # was written since, or holds a newer oldest posting, is stale and skipped
         self.oldest: deque[tuple[int, str]] = deque()
 
-    def due(self, new: dict[str, list[Posting]], size: int, everything: bool) -> set[str]:
+    def due(self, new: dict[str, list[PostingRow]], size: int, everything: bool) -> set[str]:
         """The accounts whose postings go with this commit, given its ``new`` ones and the
         log ``size`` after it."""
         if everything:
@@ -221,7 +221,7 @@ class HeldPostings:
                 due.add(handle)
         return due
 
-    def upto(self, new: dict[str, list[Posting]], size: int) -> int:
+    def upto(self, new: dict[str, list[PostingRow]], size: int) -> int:
         """A log size below which every posting is in the table after this commit."""
         oldest = [rows[0][1] for rows in new.values()]
         for idx, handle in self.oldest:
@@ -231,7 +231,7 @@ class HeldPostings:
                 break
         return min(oldest, default=size)
 
-    def committed(self, new: dict[str, list[Posting]], written: set[str]) -> None:
+    def committed(self, new: dict[str, list[PostingRow]], written: set[str]) -> None:
         for handle in written:
             self.by_handle.pop(handle, None)
         for handle, rows in new.items():
@@ -313,7 +313,7 @@ class Writer:
         self.held = HeldPostings()
         self.postings_upto = 0  # as in meta
         # The waiting postings of the batch being committed: held once its COMMIT returns.
-        self.pending: dict[str, list[Posting]] = {}
+        self.pending: dict[str, list[PostingRow]] = {}
 
     async def start(self) -> None:
         now_s = self.clock_ms() // 1000
@@ -336,7 +336,7 @@ class Writer:
         self.held = HeldPostings()
         upto = int(await storage.get_meta(self.db, "postings_upto") or self.state.size)
         self.postings_upto = upto
-        new: dict[str, list[Posting]] = {}
+        new: dict[str, list[PostingRow]] = {}
         async with self.db.execute(
             "SELECT idx, entry FROM log WHERE idx >= ? ORDER BY idx", (max(upto, 1),)
         ) as cur:
@@ -370,18 +370,17 @@ class Writer:
         for handle in sorted(new, key=lambda h: new[h][0][1]):
             self.held.committed({handle: new[handle]}, set())
 
-    def held_postings(self, handle: str) -> list[Posting]:
-        """``handle``'s postings not yet written to the postings table, oldest first. Read
-        them in the same step of the event loop as the table (``storage.PointReader``), so
-        that a write cannot fall between the two reads."""
-        return list(self.held.by_handle.get(handle, ()))
-
-    def pending_postings(self, handle: str) -> list[Posting]:
-        """``handle``'s postings that the batch being committed leaves waiting: not in the
-        table, and not held until its COMMIT returns. Inside the batch's transaction (an
-        ``OpRequest``) they are the batch's own; outside it, those under the log size a
-        reader sees are committed (the COMMIT ran in a thread: ``BIG_COMMIT``)."""
-        return list(self.pending.get(handle, ()))
+    def unwritten_postings(self, handle: str, below: int | None = None) -> list[PostingRow]:
+        """``handle``'s postings not in the postings table yet: those held, and those the
+        batch being committed leaves waiting. Inside that batch's transaction (an
+        ``OpRequest``) all of the latter are its own; outside it, pass ``below``, the log size
+        the reader sees: the waiting ones under it are committed (a big batch's COMMIT runs
+        in a thread, and may land before the writer resumes to hold them). Read them in the
+        same step of the event loop as the table (``storage.PointReader``), so that a write
+        cannot fall between the two reads."""
+        rows = list(self.held.by_handle.get(handle, ()))
+        rows += [p for p in self.pending.get(handle, ()) if below is None or p[1] < below]
+        return rows
 
     async def flush(self) -> None:
         """Write every held posting to the table now (a clean stop does, so that the table
@@ -518,8 +517,8 @@ class Writer:
         results: list[Outcome | bool | list[Outcome]] = []
         entries: list[tuple[int, bytes]] = []
         event_rows: list[tuple[str, bytes, int]] = []
-        postings: list[Posting] = []
-        held: dict[str, list[Posting]] = {}  # this batch's transfers' postings, by account
+        postings: list[PostingRow] = []
+        held: dict[str, list[PostingRow]] = {}  # this batch's transfers' postings, by account
         memos: list[tuple[int, bytes, str]] = []
         dirty: set[str] = set()
         new_nonces: list[tuple[str, int]] = []

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node import storage, writer
-from node.api import erase_memos_of, make_app
+from node.api import make_app
 from node.client import TallyClient, transfer_body
 from node.config import Config
 from node.intake import Memo
@@ -229,7 +229,7 @@ async def test_erasing_memos_reaches_a_transfer_of_the_same_batch(coop: Collecti
     transfer = EventRequest(sign_message(msg, coop.alice), (frozenset({coop.alice.public}), True),
                             Memo("secret rent", salt))
     w.submit_nowait(transfer)
-    erase = asyncio.create_task(erase_memos_of(coop.node, "bob"))  # what the endpoint runs
+    erase = asyncio.create_task(coop.node.erase_memos("bob"))  # what the endpoint runs
     await queued(coop, 2)
     gate.set()
     await holder
