@@ -3,9 +3,9 @@
     python -m bench.bare [--listen 127.0.0.1:0]
 
 Served exactly as the node is (``web.AppRunner``, no access log, one process, the default
-event loop), so the load generator's requests/s against it is the most an aiohttp node on
-this machine could answer with this client and concurrency. Prints one JSON line with its
-URL once listening; stops on SIGTERM or SIGINT.
+event loop, the node's garbage-collector settings), so the load generator's requests/s
+against it is the most an aiohttp node on this machine could answer with this client and
+concurrency. Prints one JSON line with its URL once listening; stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 
 from aiohttp import web
 
-from node.server import wait_for_stop_signal
+from node.server import settle_collector, wait_for_stop_signal
 
 MAX_BODY = 2 * 1024 * 1024
 
@@ -38,6 +38,7 @@ async def serve(host: str, port: int) -> None:
     server = site._server
     assert server is not None
     bound = server.sockets[0].getsockname()
+    settle_collector()
     print(json.dumps({"url": f"http://{bound[0]}:{bound[1]}"}), flush=True)
     try:
         await wait_for_stop_signal()

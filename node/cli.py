@@ -172,7 +172,7 @@ def cmd_node_init(args: argparse.Namespace) -> None:
 
 async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
     from node.checkpoints import ForkRefused
-    from node.server import serve, wait_for_stop_signal
+    from node.server import serve, settle_collector, wait_for_stop_signal
     from node.service import Node, init_data_dir
     from node.storage import StorageError
 
@@ -196,6 +196,7 @@ async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
         raise CliError(f"refusing to run this node: {exc}") from exc
     except StorageError as exc:
         raise CliError(f"cannot open the node in {data}: {exc}") from exc
+    settle_collector()
     info = node.ledger
     message = (
         f"Tally node {info.genesis.name!r} {'initialised and ' if fresh else ''}running\n"
