@@ -31,6 +31,7 @@ from crypto.keys import read_key_file
 from node import storage
 from node.config import Config
 from node.intake import parse_transfer_item
+from node.server import settle_collector
 from node.service import STEWARD_KEY, Node, init_data_dir
 from node.writer import EventRequest
 from protocol.messages import Admit, sign_message
@@ -46,6 +47,7 @@ async def main_async(transfers: int, batch: int, members: int) -> None:
     await init_data_dir(data, name="Stages")
     node = Node(data, Config())
     await node.start()
+    settle_collector()  # as `tally node run` does once it serves
     try:
         assert node.writer is not None
         steward = read_key_file(data / STEWARD_KEY)[1]
