@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import sqlite3
@@ -175,6 +176,7 @@ class _Worker:
         self.proc = proc
         self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self.reader: asyncio.Task[None] | None = None  # reads its answers; ends when it does
+        self.since = 0.0  # loop time since which its oldest owed answer has been awaited
 
     @property
     def alive(self) -> bool:
@@ -189,7 +191,14 @@ class SigWorkers:
     writes the jobs and reads the answers itself, like any socket: no thread of the node
     takes part, so no thread waits on the GIL (see ``node.sigworker``). Started on first
     use; a worker that dies fails the jobs it held (those requests get ``internal_error``,
-    nothing is applied) and is replaced on the next job."""
+    nothing is applied) and is replaced on the next job. So does a worker that is alive but
+    stuck (stopped, or hung in a library): one that owes answers and has given none for
+    ``STALL_SECONDS`` is killed, and every request behind it is answered instead of waiting
+    for ever."""
+
+    # A frame at the largest batch body allowed takes well under a second of one core here
+    # (docs/benchmarks.md): 30 s without an answer is a worker that will not answer.
+    STALL_SECONDS = 30.0
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -197,6 +206,7 @@ class SigWorkers:
         self.load = [0] * count  # signatures sent to each slot's worker, not yet answered
         self.starting: list[asyncio.Future[None] | None] = [None] * count
         self.closing = False
+        self.watchdog: asyncio.Task[None] | None = None
 
     async def _worker(self, i: int) -> _Worker:
         worker = self.workers[i]
@@ -222,6 +232,8 @@ class SigWorkers:
             # dead worker's queue can never take the new one's.
             worker = self.workers[i] = _Worker(proc)
             worker.reader = asyncio.create_task(self._read(i, worker))
+            if self.watchdog is None or self.watchdog.done():
+                self.watchdog = asyncio.create_task(self._watch())
             starting.set_result(None)
             return worker
         except BaseException as exc:
@@ -237,11 +249,13 @@ class SigWorkers:
     async def _read(self, i: int, worker: _Worker) -> None:
         stdout = worker.proc.stdout
         assert stdout is not None
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 header = await stdout.readexactly(4)
                 answer = await stdout.readexactly(int.from_bytes(header, "big"))
                 future = worker.waiting.popleft()
+                worker.since = loop.time()
                 if not future.done():
                     future.set_result(answer)
         except (asyncio.IncompleteReadError, ConnectionError, IndexError) as exc:
@@ -261,6 +275,24 @@ class SigWorkers:
             if worker.proc.returncode is None:
                 worker.proc.kill()
 
+    async def _watch(self) -> None:
+        """Kill a worker that owes answers and has given none for ``STALL_SECONDS``: its
+        reader then fails the jobs it held, as a dead worker's."""
+        loop = asyncio.get_running_loop()
+        while not self.closing:
+            await asyncio.sleep(self.STALL_SECONDS / 4)
+            now = loop.time()
+            for worker in self.workers:
+                if (worker is not None and worker.waiting
+                        and now - worker.since > self.STALL_SECONDS
+                        and worker.proc.returncode is None):
+                    log.warning(
+                        "a signature worker (pid %d) gave no answer for %.0f s with %d jobs "
+                        "waiting; killing it (those requests fail, the next job starts "
+                        "another)", worker.proc.pid, now - worker.since, len(worker.waiting))
+                    with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+                        worker.proc.kill()
+
     async def run(self, parts: list[Part], weight: int) -> list[bytes]:
         """Each part's answer, in order, from the least-loaded worker. ``weight`` is the
         work the parts carry (in signatures), for choosing that worker."""
@@ -275,7 +307,10 @@ class SigWorkers:
             worker = await self._worker(i)
             stdin = worker.proc.stdin
             assert stdin is not None
-            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[bytes] = loop.create_future()
+            if not worker.waiting:
+                worker.since = loop.time()
             worker.waiting.append(future)
             stdin.write(frame)
             answer = await future
@@ -293,6 +328,7 @@ class SigWorkers:
 
     async def close(self) -> None:
         self.closing = True
+        await stop_tasks([self.watchdog])
         for i, worker in enumerate(self.workers):
             if worker is None:
                 continue

@@ -111,6 +111,31 @@ async def test_a_dead_worker_fails_its_jobs_and_is_replaced(one_worker: SigWorke
     assert pool.workers[0] is not worker
 
 
+async def test_a_stuck_worker_is_killed_and_its_jobs_fail_instead_of_waiting_for_ever(
+    one_worker: SigWorkers,
+):
+    # Alive but answering nothing (here: stopped, as a debugger or a frozen VM would leave
+    # it): without a bound, every request behind it would wait until the node restarts.
+    pool = one_worker
+    pool.STALL_SECONDS = 0.4
+    jobs, expected = jobs_with_bad(3)
+    assert await pool.check(jobs) == expected
+    worker = pool.workers[0]
+    assert worker is not None
+    await asyncio.sleep(1.0)  # idle for longer than the bound: owing nothing is not a stall
+    assert worker.proc.returncode is None and pool.workers[0] is worker
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RuntimeError, match="signature worker stopped"):
+            await asyncio.wait_for(pool.check(jobs), 30)
+    finally:
+        if worker.proc.returncode is None:
+            worker.proc.kill()
+    assert await worker.proc.wait() == -signal.SIGKILL
+    assert await asyncio.wait_for(pool.check(jobs), 30) == expected  # a new worker answers
+    assert pool.workers[0] is not worker
+
+
 def test_workers_exit_when_their_node_is_killed(tmp_path):
     script = textwrap.dedent("""
         import asyncio, sys
