@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import nacl.bindings
 import nacl.exceptions
-import nacl.signing
 
 from crypto.canonical import JSONValue, canonical_json
 from crypto.note import NoteError, format_signer_key, parse_signer_key
@@ -96,8 +96,12 @@ class PublicKey:
         return hashlib.sha256(self.raw).digest()[:8].hex()
 
     def verify(self, message: bytes, signature: bytes) -> bool:
+        # libsodium's call itself, as the signature workers make it: PyNaCl's VerifyKey
+        # would be built for every check and copy the message twice more.
+        if len(signature) != 64:
+            return False
         try:
-            nacl.signing.VerifyKey(self.raw).verify(message, signature)
+            nacl.bindings.crypto_sign_open(signature + message, self.raw)
         except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
             return False
         return True
@@ -122,15 +126,19 @@ class SecretKey:
         return cls(random_bytes)
 
     @cached_property
-    def _signing_key(self) -> nacl.signing.SigningKey:
-        return nacl.signing.SigningKey(self.seed)
+    def _keypair(self) -> tuple[bytes, bytes]:
+        """(public key, libsodium's 64-byte secret key), from the seed."""
+        public, secret = nacl.bindings.crypto_sign_seed_keypair(self.seed)
+        return public, secret
 
     @cached_property
     def public(self) -> PublicKey:
-        return PublicKey(bytes(self._signing_key.verify_key))
+        return PublicKey(self._keypair[0])
 
     def sign(self, message: bytes) -> bytes:
-        return bytes(self._signing_key.sign(message).signature)
+        # libsodium's call itself (~26 µs here, against ~41 through SigningKey.sign, which
+        # wraps its answer in objects): the signature is the first 64 bytes of its answer.
+        return nacl.bindings.crypto_sign(message, self._keypair[1])[:64]
 
     def __repr__(self) -> str:
         return f"SecretKey(public={self.public.text})"
