@@ -20,19 +20,21 @@ import time
 from pathlib import Path
 
 import nacl.signing
+from nacl.bindings import crypto_sign_open
 
 from crypto.canonical import canonical_json
 from protocol.messages import Transfer
 
 
-def _verify_triples(n: int = 64) -> list[tuple[nacl.signing.VerifyKey, bytes, bytes]]:
+def _verify_triples(n: int = 64) -> list[tuple[bytes, bytes, bytes]]:
+    """(public key, signed bytes, signature) of ``n`` transfers, each by a key of its own."""
     out = []
     for i in range(n):
         sk = nacl.signing.SigningKey(os.urandom(32))
         msg = Transfer("ab" * 32, os.urandom(16).hex(), f"m{i}", f"m{i + 1}", 100 + i, None,
                        int(time.time() * 1000) + 3600_000)
         body = canonical_json(msg.to_json())
-        out.append((sk.verify_key, body, sk.sign(body).signature))
+        out.append((bytes(sk.verify_key), body, sk.sign(body).signature))
     return out
 
 
@@ -48,8 +50,10 @@ def verify_rate(seconds: float, start_at: float = 0.0) -> float:
     t0 = time.perf_counter()
     stop = t0 + seconds
     while True:
-        for vk, body, sig in triples:
-            vk.verify(body, sig)
+        for pk, body, sig in triples:
+            # libsodium's call itself, as the node's signature workers make it
+            # (``node.sigworker.open_signed``): the fastest check PyNaCl offers.
+            crypto_sign_open(sig + body, pk)
         done += len(triples)
         now = time.perf_counter()
         if now >= stop:
