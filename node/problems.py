@@ -199,6 +199,9 @@ async def problem_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        # aiohttp's 404 and 405 are kept by the request's match info: their traceback, which
+        # holds the request, would make a cycle (see below). Dropped.
+        exc.__traceback__ = None
         code, detail = _HTTP_CODES.get(exc.status, (ResultCode.invalid_field, exc.reason))
         return problem_response(Problem(code, detail, status=exc.status), request.path)
     except Exception as exc:
@@ -210,6 +213,10 @@ async def problem_middleware(
                 "the node failed to handle this request; nothing was applied. "
                 "Retry, and tell the operator if it persists.",
             )
+        # A raised Problem's traceback holds this frame, whose ``problem`` would hold the
+        # Problem: a cycle keeping the request and its body until the garbage collector
+        # runs, which a served node does only every GC_YOUNG_THRESHOLD allocations. Dropped.
+        problem.__traceback__ = None
         response = problem_response(problem, request.path)
         if problem.close:
             return await _answer_and_close(request, response)
