@@ -38,6 +38,7 @@ from node.intake import Read, TransferItem, parse_transfer_item, read_transfers,
 from node.sigworker import (
     BATCH,
     HEADER,
+    READY,
     SIGNATURES,
     TRANSFER,
     Job,
@@ -176,6 +177,8 @@ class _Worker:
         self.proc = proc
         self.waiting: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self.reader: asyncio.Task[None] | None = None  # reads its answers; ends when it does
+        self.started = asyncio.get_running_loop().time()
+        self.ready = False  # it has imported what it needs and said so (``sigworker.READY``)
         self.since = 0.0  # loop time since which its oldest owed answer has been awaited
 
     @property
@@ -193,12 +196,15 @@ class SigWorkers:
     use; a worker that dies fails the jobs it held (those requests get ``internal_error``,
     nothing is applied) and is replaced on the next job. So does a worker that is alive but
     stuck (stopped, or hung in a library): one that owes answers and has given none for
-    ``STALL_SECONDS`` is killed, and every request behind it is answered instead of waiting
-    for ever."""
+    ``STALL_SECONDS`` (counted from when it is ready) is killed, and every request behind it
+    is answered instead of waiting for ever; so is one not ready ``STARTUP_SECONDS`` after
+    it was started."""
 
-    # A frame at the largest batch body allowed takes well under a second of one core here
-    # (docs/benchmarks.md): 30 s without an answer is a worker that will not answer.
+    # The largest frame is one batch body, ~1,000 transfers: a fraction of a second of one
+    # core's work (docs/benchmarks.md). 30 s without an answer is a worker that will not
+    # answer. Starting Python and importing on a busy machine can take far longer.
     STALL_SECONDS = 30.0
+    STARTUP_SECONDS = 120.0
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -251,6 +257,10 @@ class SigWorkers:
         assert stdout is not None
         loop = asyncio.get_running_loop()
         try:
+            if await stdout.readexactly(len(READY)) != READY:
+                raise ConnectionError("a signature worker did not start as expected")
+            worker.ready = True
+            worker.since = loop.time()  # what it owes was sent before it could start on it
             while True:
                 header = await stdout.readexactly(4)
                 answer = await stdout.readexactly(int.from_bytes(header, "big"))
@@ -276,22 +286,43 @@ class SigWorkers:
                 worker.proc.kill()
 
     async def _watch(self) -> None:
-        """Kill a worker that owes answers and has given none for ``STALL_SECONDS``: its
-        reader then fails the jobs it held, as a dead worker's."""
+        """Kill a worker that owes answers and has given none for ``STALL_SECONDS`` (or is
+        not ready ``STARTUP_SECONDS`` after it started): its reader then fails the jobs it
+        held, as a dead worker's, and the next job starts another at once."""
         loop = asyncio.get_running_loop()
+        every = self.STALL_SECONDS / 4
+        last = loop.time()
         while not self.closing:
-            await asyncio.sleep(self.STALL_SECONDS / 4)
+            await asyncio.sleep(every)
             now = loop.time()
-            for worker in self.workers:
-                if (worker is not None and worker.waiting
-                        and now - worker.since > self.STALL_SECONDS
-                        and worker.proc.returncode is None):
-                    log.warning(
-                        "a signature worker (pid %d) gave no answer for %.0f s with %d jobs "
-                        "waiting; killing it (those requests fail, the next job starts "
-                        "another)", worker.proc.pid, now - worker.since, len(worker.waiting))
-                    with contextlib.suppress(ProcessLookupError):  # it died meanwhile
-                        worker.proc.kill()
+            if now - last > 2 * every:
+                # The event loop itself was held up: answers may be waiting unread in the
+                # pipes. No worker is judged on that time.
+                for worker in self.workers:
+                    if worker is not None:
+                        worker.since = max(worker.since, now)
+                last = now
+                continue
+            last = now
+            for i, worker in enumerate(self.workers):
+                if worker is None or not worker.waiting or worker.proc.returncode is not None:
+                    continue
+                if worker.ready:
+                    what, waited = "gave no answer", now - worker.since
+                    bound = self.STALL_SECONDS
+                else:
+                    what, waited = "did not start", now - worker.started
+                    bound = self.STARTUP_SECONDS
+                if waited <= bound:
+                    continue
+                log.warning(
+                    "a signature worker (pid %d) %s for %.0f s with %d jobs waiting; killing "
+                    "it (those requests fail, the next job starts another)",
+                    worker.proc.pid, what, waited, len(worker.waiting))
+                self.workers[i] = None  # no job is given to it from now on
+                self.load[i] = 0
+                with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+                    worker.proc.kill()
 
     async def run(self, parts: list[Part], weight: int) -> list[bytes]:
         """Each part's answer, in order, from the least-loaded worker. ``weight`` is the

@@ -2,8 +2,9 @@
 
     python -m node.sigworker      # started by ``node.service.SigWorkers``, not by hand
 
-Layer: node (no asyncio here: it blocks on its pipe). A frame in is answered by one frame
-out, in order; a frame holds parts, each answered in turn:
+Layer: node (no asyncio here: it blocks on its pipe). Once it has imported what it needs it
+writes ``READY`` (a fixed line), then answers each frame in by one frame out, in order; a
+frame holds parts, each answered in turn:
 
     in:  u32 length, then per part: u8 kind, u32 length, the part
     out: u32 length, then per part: u32 length, its answer
@@ -42,6 +43,9 @@ import nacl.exceptions
 from crypto.sigtext import signature_bytes
 
 HEADER = struct.Struct(">I")
+# Written once, before any answer, when the worker has imported all it needs: from then on
+# the node counts how long it takes to answer (``node.service.SigWorkers``).
+READY = b"tally-sigworker-ready\n"
 PART = struct.Struct(">BI")
 SIG_LEN = struct.Struct(">H")
 MSG_LEN = struct.Struct(">I")
@@ -101,7 +105,7 @@ def decode_signatures(data: bytes) -> list[Job]:
 
 def encode_frame(parts: list[Part]) -> bytes:
     """One frame (with its length) holding ``parts``."""
-    chunks = []
+    chunks: list[bytes] = []
     for kind, data in parts:
         chunks += (PART.pack(kind, len(data)), data)
     payload = b"".join(chunks)
@@ -170,6 +174,10 @@ def main() -> int:
     # us at once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    import node.intake  # noqa: F401 - imported now, so that READY means ready for any part
+
+    stdout.write(READY)
+    stdout.flush()
     while True:
         header = _read_exactly(stdin, HEADER.size)
         if header is None:

@@ -18,7 +18,14 @@ import pytest
 
 from crypto.keys import SecretKey
 from node.service import SigWorkers, Verifier
-from node.sigworker import SIGNATURES, answer_frame, encode_frame, encode_signatures, open_signed
+from node.sigworker import (
+    READY,
+    SIGNATURES,
+    answer_frame,
+    encode_frame,
+    encode_signatures,
+    open_signed,
+)
 from protocol.messages import Transfer, sign_message
 
 KEY = SecretKey.from_random(bytes(range(32)))
@@ -131,9 +138,27 @@ async def test_a_stuck_worker_is_killed_and_its_jobs_fail_instead_of_waiting_for
     finally:
         if worker.proc.returncode is None:
             worker.proc.kill()
-    assert await worker.proc.wait() == -signal.SIGKILL
+    await asyncio.wait_for(worker.proc.wait(), 30)  # it was killed, not left stopped
     assert await asyncio.wait_for(pool.check(jobs), 30) == expected  # a new worker answers
     assert pool.workers[0] is not worker
+
+
+async def test_a_worker_that_never_starts_is_killed_and_its_jobs_fail(
+    one_worker: SigWorkers, caplog: pytest.LogCaptureFixture,
+):
+    pool = one_worker
+    pool.STALL_SECONDS, pool.STARTUP_SECONDS = 0.4, 0.8
+    worker = await pool._worker(0)
+    os.kill(worker.proc.pid, signal.SIGSTOP)  # long before Python has started in it
+    jobs, expected = jobs_with_bad(3)
+    try:
+        with pytest.raises(RuntimeError, match="signature worker stopped"):
+            await asyncio.wait_for(pool.check(jobs), 30)
+    finally:
+        if worker.proc.returncode is None:
+            worker.proc.kill()
+    assert "did not start" in caplog.text
+    assert await asyncio.wait_for(pool.check(jobs), 30) == expected  # a new worker answers
 
 
 def test_workers_exit_when_their_node_is_killed(tmp_path):
@@ -220,5 +245,5 @@ def test_input_that_ends_inside_a_frame_is_refused_not_answered(tmp_path):
     frame = encode_frame([(SIGNATURES, encode_signatures(jobs_with_bad(3)[0]))])
     proc = subprocess.run([sys.executable, "-m", "node.sigworker"], input=frame[:4],
                           capture_output=True, cwd=os.getcwd(), timeout=60)
-    assert proc.returncode != 0 and proc.stdout == b""
+    assert proc.returncode != 0 and proc.stdout == READY  # and no answer after it
     assert b"closed inside a frame" in proc.stderr
