@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 # objects were made than freed (its default is 700). A batch of transfers keeps tens of
 # thousands of objects alive for a few milliseconds, so at 700 the collector scans them
 # again and again, and moves them to older generations that it scans again later. Under
-# figure 2's load (docs/benchmarks.md) a node spent 2.1 s of its run in the collector at
-# the defaults, 0.2 s at these values. Garbage made of reference cycles is still
-# collected, in larger rounds.
+# figure 2's load (docs/benchmarks.md, session 6) a node spent 2.1 s of its run in the
+# collector at the defaults, 1.0 s at 10,000 and 0.1 s at these values. Garbage made of
+# reference cycles is still collected, in larger rounds: a cycle holding a request would
+# hold its body that much longer (node.problems drops the tracebacks that made one).
 GC_YOUNG_THRESHOLD = 50_000
 GC_MIDDLE_THRESHOLD = 20
 
