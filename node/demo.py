@@ -22,7 +22,7 @@ from crypto.keys import read_key_file
 from node.client import TallyClient, TallyError, transfer_body
 from node.config import Config, LogSettings
 from node.home import Home
-from node.server import Served, serve, wait_for_stop_signal
+from node.server import Served, serve, settle_collector, wait_for_stop_signal
 from node.service import STEWARD_KEY, Node, init_data_dir
 from protocol.messages import Unit
 from protocol.units import format_amount
@@ -129,6 +129,7 @@ async def run_demo(
                 f"  tally history --home {first.homes[handle]}\n"
                 "Stop with Ctrl-C."
             ))
+            settle_collector()  # serving until stopped, as `tally node run` does
             await wait_for_stop_signal()
         return summary
     except TallyError as exc:
