@@ -190,6 +190,25 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> web
     return response
 
 
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Drop the traceback of ``exc`` and of every exception it was raised from or during.
+
+    A traceback holds the frames it passed through, and they hold the request and its body;
+    the exception is held in turn by one of them (a local, a future, aiohttp's stream),
+    which makes a cycle that only the garbage collector frees, and a served node runs it
+    rarely (``node.server.settle_collector``). Called once the answer no longer needs them
+    (an internal error is logged, with its traceback, before)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.__traceback__ = None
+        stack += (e.__cause__, e.__context__)
+
+
 @web.middleware
 async def problem_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -199,9 +218,7 @@ async def problem_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        # aiohttp's 404 and 405 are kept by the request's match info: their traceback, which
-        # holds the request, would make a cycle (see below). Dropped.
-        exc.__traceback__ = None
+        _drop_tracebacks(exc)  # aiohttp keeps its 404 and 405 in the request's match info
         code, detail = _HTTP_CODES.get(exc.status, (ResultCode.invalid_field, exc.reason))
         return problem_response(Problem(code, detail, status=exc.status), request.path)
     except Exception as exc:
@@ -213,10 +230,7 @@ async def problem_middleware(
                 "the node failed to handle this request; nothing was applied. "
                 "Retry, and tell the operator if it persists.",
             )
-        # A raised Problem's traceback holds this frame, whose ``problem`` would hold the
-        # Problem: a cycle keeping the request and its body until the garbage collector
-        # runs, which a served node does only every GC_YOUNG_THRESHOLD allocations. Dropped.
-        problem.__traceback__ = None
+        _drop_tracebacks(exc)  # and ``problem``, which may be ``exc``, is a local of this frame
         response = problem_response(problem, request.path)
         if problem.close:
             return await _answer_and_close(request, response)
