@@ -213,6 +213,7 @@ class SigWorkers:
         self.starting: list[asyncio.Future[None] | None] = [None] * count
         self.closing = False
         self.watchdog: asyncio.Task[None] | None = None
+        self.killed: set[_Worker] = set()  # taken out of ``workers`` by the watchdog
 
     async def _worker(self, i: int) -> _Worker:
         worker = self.workers[i]
@@ -279,11 +280,12 @@ class SigWorkers:
                     future.set_exception(RuntimeError("a signature worker stopped"))
             if self.workers[i] is worker:
                 # Gone from here on, even before its exit status is known: the next job
-                # starts another worker instead of writing to this one's pipe.
+                # starts another worker instead of writing to this one's pipe. (Its jobs'
+                # weight leaves ``load`` as each of them fails.)
                 self.workers[i] = None
-                self.load[i] = 0
             if worker.proc.returncode is None:
                 worker.proc.kill()
+            self.killed.discard(worker)
 
     async def _watch(self) -> None:
         """Kill a worker that owes answers and has given none for ``STALL_SECONDS`` (or is
@@ -320,7 +322,7 @@ class SigWorkers:
                     "it (those requests fail, the next job starts another)",
                     worker.proc.pid, what, waited, len(worker.waiting))
                 self.workers[i] = None  # no job is given to it from now on
-                self.load[i] = 0
+                self.killed.add(worker)  # until its reader has seen it end
                 with contextlib.suppress(ProcessLookupError):  # it died meanwhile
                     worker.proc.kill()
 
@@ -360,6 +362,10 @@ class SigWorkers:
     async def close(self) -> None:
         self.closing = True
         await stop_tasks([self.watchdog])
+        for gone in list(self.killed):  # killed: their readers end with them
+            await gone.proc.wait()
+            if gone.reader is not None:
+                await gone.reader
         for i, worker in enumerate(self.workers):
             if worker is None:
                 continue
