@@ -18,8 +18,10 @@ frame holds parts, each answered in turn:
             (``node.intake.read_transfers``)
 
 The worker exits when its standard input closes: when the node stops, or dies (a SIGKILLed
-node's pipes close with it, so no worker outlives it). It ignores SIGINT, which a Ctrl-C
-sends to the node's whole process group: the node stops it by closing its input. It never
+node's pipes close with it, so no worker outlives it). It ignores SIGINT and SIGTERM, which
+a Ctrl-C sends to the node's whole process group and systemd to the service's whole cgroup:
+the node, stopping, still needs it for the requests it finishes, then stops it by closing
+its input (SIGKILL still stops it at once). It never
 writes anything else to standard output; errors go to standard error, and a malformed frame
 (or input that ends inside one) ends the worker (the node then fails the jobs it had sent
 and starts another).
@@ -169,10 +171,11 @@ def _read_exactly(stream: object, n: int) -> bytes | None:
 
 
 def main() -> int:
-    # Ctrl-C reaches the whole process group: the node then stops, closes our input, and we
-    # end at its end, after answering the jobs it still waits for. SIGTERM/SIGKILL still stop
-    # us at once.
+    # Ctrl-C reaches the whole process group, and systemd's stop the whole cgroup: the node
+    # then stops, closes our input, and we end at its end, after answering the jobs it still
+    # waits for. SIGKILL still stops us at once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     import node.intake  # noqa: F401 - imported now, so that READY means ready for any part
 

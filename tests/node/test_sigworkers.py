@@ -214,7 +214,10 @@ async def test_a_job_that_cannot_be_sent_leaves_later_verdicts_in_place(one_work
     assert await pool.check(jobs) == expected
 
 
-async def test_ctrl_c_reaches_the_workers_but_they_wait_for_the_node():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_ctrl_c_or_a_service_stop_reaches_the_workers_but_they_wait_for_the_node(sig):
+    # SIGINT: what a Ctrl-C sends the node's process group; SIGTERM: what systemd sends
+    # every process of the service. The node still needs its workers while it stops.
     pool = SigWorkers(1)
     try:
         jobs, expected = jobs_with_bad(4)
@@ -222,7 +225,7 @@ async def test_ctrl_c_reaches_the_workers_but_they_wait_for_the_node():
         worker = pool.workers[0]
         assert worker is not None
         proc = worker.proc
-        os.kill(proc.pid, signal.SIGINT)  # what a Ctrl-C sends the node's process group
+        os.kill(proc.pid, sig)
         await asyncio.sleep(0.2)
         assert await pool.check(jobs) == expected
         assert pool.workers[0] is worker and proc.returncode is None
