@@ -96,18 +96,24 @@ class PublicKey:
         return hashlib.sha256(self.raw).digest()[:8].hex()
 
     def verify(self, message: bytes, signature: bytes) -> bool:
-        # libsodium's call itself, as the signature workers make it: PyNaCl's VerifyKey
-        # would be built for every check and copy the message twice more.
-        if len(signature) != 64 or len(self.raw) != 32:  # (libsodium reads 32 bytes)
-            return False
-        try:
-            nacl.bindings.crypto_sign_open(signature + message, self.raw)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            return False
-        return True
+        return ed25519_verify(self.raw, message, signature)
 
     def __str__(self) -> str:
         return self.text
+
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` (64 bytes) is the one ``public`` (32 bytes) made over ``message``.
+
+    libsodium's own call (PyNaCl's ``VerifyKey`` would be built for every check and copy the
+    message twice more); ``PublicKey.verify`` and the node's signature workers both use it."""
+    if len(signature) != 64 or len(public) != 32:  # libsodium reads them at those lengths
+        return False
+    try:
+        nacl.bindings.crypto_sign_open(signature + message, public)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
 
 
 @dataclass(frozen=True, repr=False)
