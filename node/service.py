@@ -205,6 +205,7 @@ class SigWorkers:
     # answer. Starting Python and importing on a busy machine can take far longer.
     STALL_SECONDS = 30.0
     STARTUP_SECONDS = 120.0
+    END_SECONDS = 2.0  # for a worker whose output ended to exit by itself
 
     def __init__(self, count: int) -> None:
         self.count = count
@@ -283,9 +284,22 @@ class SigWorkers:
                 # starts another worker instead of writing to this one's pipe. (Its jobs'
                 # weight leaves ``load`` as each of them fails.)
                 self.workers[i] = None
-            if worker.proc.returncode is None:
-                worker.proc.kill()
+            await self._end(worker)
             self.killed.discard(worker)
+
+    async def _end(self, worker: _Worker) -> None:
+        """A worker whose output ended has almost always exited: wait for asyncio's child
+        watcher to say so. Killing it at once would make ``Popen.poll`` reap it before the
+        watcher does, and asyncio would then log "Unknown child process" and report 255
+        for a worker that exited cleanly. One still running after ``END_SECONDS`` (it
+        closed its output, or answered nonsense) is killed."""
+        if worker.proc.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(worker.proc.wait(), self.END_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
 
     async def _watch(self) -> None:
         """Kill a worker that owes answers and has given none for ``STALL_SECONDS`` (or is
