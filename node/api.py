@@ -288,8 +288,9 @@ async def post_transfer(request: web.Request) -> web.Response:
     check_json_type(request)
     # Parsed and its signature checked in a signature worker, so the rate limit is taken
     # after the check (a forger cannot spend a member's allowance).
-    ((item, check),) = await node.read_transfers(
-        await read_body(request, node.config.api.max_body_bytes))  # type: ignore[misc]
+    # One transfer's body: one item, never a MessageError (that refuses the whole body).
+    ((item, check),) = await node.read_transfers(  # type: ignore[misc]
+        await read_body(request, node.config.api.max_body_bytes))
     limit_rate(request, item.signed.sigs[0].key.text)
     assert node.writer is not None
     return _accepted(item.signed, await node.writer.submit(item.signed, check, item.memo))

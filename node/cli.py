@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from crypto.keys import KeyFormatError, PublicKey, SecretKey, read_key_file
 from node.client import NodeInfo, TallyClient, TallyError
@@ -464,7 +464,7 @@ def cmd_act_submit(args: argparse.Namespace) -> None:
 def _find_line(listing: dict[str, Any], where: str) -> dict[str, Any]:
     """A line by the other collective's node key, key id, or pinned name (a label only: the
     key it stands for was pinned when the line was signed)."""
-    matches = [
+    matches: list[dict[str, Any]] = [
         line for line in listing["lines"]
         if where in (line["peer"]["node_key"], line["peer"]["node_key"][:16])
         or line["peer"]["name"].lower().startswith(where.lower())
@@ -733,7 +733,8 @@ def cmd_peer_change(args: argparse.Namespace) -> None:
         if line is None:
             raise CliError(f"no credit line {args.line}: see `tally peer list`")
         their_unit = Unit(**line["peer"]["unit"])
-        status = "suspended" if args.suspend else "active" if args.resume else None
+        status: Literal["active", "suspended"] | None = (
+            "suspended" if args.suspend else "active" if args.resume else None)
         result = await client.change_line(
             args.line, steward_keys(args),
             amount_arg(args.limit, info.unit, "--limit") if args.limit else None,

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
@@ -426,7 +426,7 @@ class TallyClient:
         stewards: Sequence[SecretKey],
         our_limit: int | None = None,
         their_limit: int | None = None,
-        status: str | None = None,
+        status: Literal["active", "suspended"] | None = None,
     ) -> dict[str, Any]:
         """Propose the next version of a line: new limits, or ``suspended``/``active``. It
         takes effect when the other collective's stewards accept it, like the first."""
@@ -497,18 +497,18 @@ class TallyClient:
         line = parse_message(current["terms"], frozenset({"line"}))
         assert isinstance(line, Line)
         mine = await self.info()
-        ours = "a" if line.a.node_key == mine.node_key else "b"
-        theirs = "b" if ours == "a" else "a"
+        ours: Literal["a", "b"] = "a" if line.a.node_key == mine.node_key else "b"
+        theirs: Literal["a", "b"] = "b" if ours == "a" else "a"
         balance = current["account"]["balance"] if current["account"] else 0
         if balance == 0:
             raise TallyError("exceeds_line_balance", "nothing is owed on this line: "
                              "there is nothing to settle")
-        other_amount = line.convert(amount, ours)  # type: ignore[arg-type]
+        other_amount = line.convert(amount, ours)
         amount_a, amount_b = (amount, other_amount) if ours == "a" else (other_amount, amount)
         settlement = LineSettlement(new_id(), line.id, current["next_settlement"],
-                                    ours if balance > 0 else theirs,  # type: ignore[arg-type]
+                                    ours if balance > 0 else theirs,
                                     amount_a, amount_b, reference, now_ms() + 7 * 24 * 3600_000)
-        body = {"settlement": sign_message(settlement, *stewards).to_json(),  # type: ignore[arg-type]
+        body = {"settlement": sign_message(settlement, *stewards).to_json(),
                 "action": "propose"}
         return (await self._request("POST", "/v1/settlements", body, idempotent=False))[1]  # type: ignore[no-any-return]
 

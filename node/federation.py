@@ -32,7 +32,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
 
@@ -60,7 +60,7 @@ from protocol.federation import (
 from protocol.ledger import Outcome, SigCheck
 from protocol.lines import SIGNATURES, is_suspension_of, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
-from protocol.reconcile import compare, signer_ok, statement
+from protocol.reconcile import Verdict, compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
 
 if TYPE_CHECKING:
@@ -1643,8 +1643,8 @@ class Federation:
             await self._record_statement_mismatch(line, ours, theirs, detail)
         return result
 
-    def _escalate(self, line_id: str, verdict: str, detail: str, ours: Signed,
-                  theirs: Signed) -> tuple[str, str, bool]:
+    def _escalate(self, line_id: str, verdict: Verdict, detail: str, ours: Signed,
+                  theirs: Signed) -> tuple[Verdict, str, bool]:
         """An "unsettled" difference that stays the same for three statement rounds is no
         longer a payment in passing: a settlement or a decision reached one ledger only.
         Raise it as a mismatch, with both statements."""
@@ -1820,7 +1820,7 @@ class Federation:
             entry = current
             index = None
         else:
-            if not is_suspension_of(current.msg, line):
+            if not is_suspension_of(cast(Line, current.msg), line):  # one of our lines
                 raise FederationError(
                     ResultCode.invalid_field,
                     "one side alone may only suspend an active line: a newer version whose "
@@ -1855,7 +1855,7 @@ class Federation:
             raise FederationError(ResultCode.line_not_found, f"no credit line {line.id}")
         if current.msg == line:
             return {"line": line.id, "version": line.version, "status": line.status}  # resent
-        if not is_suspension_of(current.msg, line):
+        if not is_suspension_of(cast(Line, current.msg), line):  # one of our lines
             raise FederationError(ResultCode.invalid_field,
                                   "not a suspension of the line in force: propose a change")
         outcome = await self._log(signed)

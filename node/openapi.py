@@ -324,7 +324,7 @@ def _gossip_paths() -> dict[str, Any]:
     }
 
 
-SIGNED_READ = [{"memberSignature": []}]
+SIGNED_READ: list[dict[str, list[str]]] = [{"memberSignature": []}]
 READ_PROBLEMS = _problems(400, 401, 403, 404, 429, 503)
 PATH_HANDLE = {"name": "handle", "in": "path", "required": True, "schema": HANDLE}
 

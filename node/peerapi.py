@@ -10,7 +10,7 @@ whose clock is off by more than a quarter of the expiry margin is refused.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -28,7 +28,7 @@ from node.federation import MAX_DECISIONS, canonical_body
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
-from protocol.federation import path_of_keys
+from protocol.federation import Line, path_of_keys
 from protocol.messages import MessageError, check_fields, hex128, parse_signed, text
 
 HEADER, SUPPORTED = protocol_version.HEADER, protocol_version.SUPPORTED
@@ -248,7 +248,7 @@ async def get_lines(request: web.Request) -> web.Response:
     node = request.app[NODE]
     lines = []
     for signed in node.ledger.lines.values():
-        line = signed.msg
+        line = cast(Line, signed.msg)  # the ledger's lines are its signed ``line`` entries
         other = line.other(fed.key)
         account = node.ledger.accounts.get("~" + other.node_key.key_id)
         lines.append({"id": line.id, "version": line.version, "status": line.status,

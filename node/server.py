@@ -13,7 +13,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -132,7 +132,8 @@ class _Counted(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if not self.cap.admit(address):
-            transport.abort()
+            # A server's connections are stream transports, which ``abort``.
+            cast(asyncio.Transport, transport).abort()
             return
         self.address = address
         self.inner = self.make()

@@ -409,6 +409,10 @@ register_message("line_settlement", LineSettlement, {
     "amount_b": POSITIVE, "reference": text(None, 64), "valid_until": timestamp,
 })
 
+# Every message above: what ``protocol.messages.Message`` adds for credit lines and payments.
+FederationMessage = (Line | PaymentOrder | Quote | Prepare | Fulfil | Reject | Decision
+                     | Statement | LineSettlement)
+
 FEDERATION_TYPES = frozenset({"line", "prepare", "fulfil", "reject", "decision",
                               "line_settlement"})
 

@@ -195,7 +195,7 @@ def make_record(key: SecretKey, *, name: str, ledger: str, log_vkey: str, urls: 
     record = NodeRecord(key.public, name, ledger, log_vkey, tuple(urls), unit,
                         tuple(sorted(lines, key=lambda e: e.id)), software, PROTOCOL_VERSION,
                         counter, issued)
-    return sign_message(record, key)  # type: ignore[arg-type]
+    return sign_message(record, key)
 
 
 def log_verifier(record: NodeRecord) -> Ed25519Verifier:

@@ -27,13 +27,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from crypto.canonical import MAX_SAFE_INTEGER, JSONValue, canonical_json
 from crypto.keys import KeyFormatError, PublicKey, SecretKey
 from crypto.sigtext import SIG_RE as SIG_RE  # re-exported: the spelling checks use it
 from crypto.sigtext import signature_bytes as signature_bytes
 from protocol.codes import ResultCode
+
+if TYPE_CHECKING:  # for ``Message`` only: both modules build on this one (see its end)
+    from protocol.federation import FederationMessage
+    from protocol.gossip import NodeRecord
 
 # \Z, not $: $ also matches before a trailing newline, which would admit "alice\n" as a
 # handle distinct from "alice".
@@ -330,7 +334,11 @@ class SetStewards:
 
 
 StewardAct = Admit | SetLimits | Close | Rekey | SetStewards
-Message = Genesis | Transfer | StewardAct
+LedgerMessage = Genesis | Transfer | StewardAct
+# Every message that is signed and wrapped in ``Signed``: the ledger's own, the federation's
+# (``protocol.federation``) and node records (``protocol.gossip``), each registered with
+# ``register_message``. A string: those modules build on this one.
+Message: TypeAlias = "LedgerMessage | FederationMessage | NodeRecord"
 
 
 def _key_list(field: str, value: Any) -> tuple[PublicKey, ...]:
