@@ -94,8 +94,6 @@ async def init_data_dir(
     """Create keys and a ledger whose genesis names the operator's key as the first steward."""
     if is_initialised(data_dir):
         raise InitError(f"{data_dir} already holds a Tally node; use `tally node run --data`")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
     for leftover in (NODE_KEY, STEWARD_KEY, storage.DB_FILE):
         if (data_dir / leftover).exists():
             raise InitError(
@@ -104,8 +102,16 @@ async def init_data_dir(
             )
     node_key = SecretKey.from_random(os.urandom(32))
     steward_key = SecretKey.from_random(os.urandom(32))
-    write_key_file(data_dir / NODE_KEY, "tally-node", node_key)
-    write_key_file(data_dir / STEWARD_KEY, "tally-steward", steward_key)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        write_key_file(data_dir / NODE_KEY, "tally-node", node_key)
+        write_key_file(data_dir / STEWARD_KEY, "tally-steward", steward_key)
+    except OSError as exc:
+        raise InitError(
+            f"cannot write the node's keys in {data_dir} ({exc.strerror}); "
+            "choose a directory you can write (--data)"
+        ) from exc
     created = now_ms if now_ms is not None else int(time.time() * 1000)
     genesis = Genesis(
         name=name,
@@ -116,7 +122,10 @@ async def init_data_dir(
         created=created,
     )
     entry = LogEntry(created, sign_message(genesis, node_key, steward_key))
-    db = await storage.open_db(data_dir / storage.DB_FILE)
+    try:
+        db = await storage.open_db(data_dir / storage.DB_FILE)
+    except storage.StorageError as exc:
+        raise InitError(str(exc)) from exc
     try:
         await storage.write_genesis(db, entry)
         ledger_id = await storage.get_meta(db, "ledger_id")
@@ -502,6 +511,7 @@ class Node:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.data_dir = data_dir
+        self.lock = storage.DataDirLock(data_dir)
         self.config = config if config is not None else load_config(data_dir)
         self.clock_ms = clock_ms
         # The writer's connection: once the writer runs, nothing else may use it (the writer
@@ -538,6 +548,7 @@ class Node:
         path = self.data_dir / storage.DB_FILE
         if not path.exists():
             raise storage.StorageError(f"no ledger at {path}: run `tally node init` first")
+        self.lock.acquire()
         self.db = await storage.open_db(path, self.config.storage.synchronous)
         self.state = await storage.load_state(self.db)
         if self.state.genesis.node_key != self.node_key.public:
@@ -594,26 +605,29 @@ class Node:
         await self.writer.write_sql(insert)
 
     async def stop(self) -> None:
-        if self.witnessing is not None:
-            await self.witnessing.stop()
-            self.witnessing = None
-        if self.gossip is not None:
-            await self.gossip.stop()
-            self.gossip = None
-        if self.federation is not None:
-            await self.federation.stop()
-            self.federation = None
-        await self._flush_held()
-        await stop_tasks(self.tasks)
-        self.tasks.clear()
-        for conn in (self.reader, self.db):
-            if conn is not None:
-                await conn.close()
-        self.reader = self.db = None
-        if self.lookup is not None:
-            self.lookup.close()
-            self.lookup = None
-        await self.verifier.close()
+        try:
+            if self.witnessing is not None:
+                await self.witnessing.stop()
+                self.witnessing = None
+            if self.gossip is not None:
+                await self.gossip.stop()
+                self.gossip = None
+            if self.federation is not None:
+                await self.federation.stop()
+                self.federation = None
+            await self._flush_held()
+            await stop_tasks(self.tasks)
+            self.tasks.clear()
+            for conn in (self.reader, self.db):
+                if conn is not None:
+                    await conn.close()
+            self.reader = self.db = None
+            if self.lookup is not None:
+                self.lookup.close()
+                self.lookup = None
+            await self.verifier.close()
+        finally:
+            self.lock.release()  # last: nothing of this node touches the directory now
 
     def history(self, handle: str, before: int | None, limit: int) -> list[storage.Posting]:
         """``handle``'s postings, newest first, strictly before log index ``before`` if

@@ -9,7 +9,9 @@ committed survives a killed process and a power cut. A refused request writes no
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +31,53 @@ DB_FILE = "tally.sqlite"
 
 class StorageError(RuntimeError):
     """The database is missing, damaged, or of a schema this version cannot use."""
+
+
+LOCK_FILE = "node.lock"
+
+
+class DataDirLock:
+    """Held by the one node running on a data directory, for as long as it runs: a second
+    node on the same directory would write the same log, each under its own idea of the
+    ledger's state (two batches claiming one log index; books that disagree with the log).
+
+    ``flock`` on ``node.lock``: the kernel drops the lock the moment its process ends, even
+    by SIGKILL, so a crash never leaves the directory locked. The file holds the holder's
+    pid, for the refusal to name it. The signature workers do not inherit it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.path} ({exc.strerror}); a node needs to "
+                               "write in its data directory") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StorageError(
+                f"another Tally node{who} is running on {self.path.parent}; stop it first, "
+                "or give this one a data directory of its own (--data)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        # The file stays: removing it could let a third node lock a new file while a
+        # second one still holds the old one.
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -133,12 +182,18 @@ async def open_db(path: Path, synchronous: str = "FULL") -> aiosqlite.Connection
     # check_same_thread=False: the writer runs its statements on the event loop's thread
     # (``node.writer.on_loop``), not only in aiosqlite's own.
     db = await aiosqlite.connect(path, isolation_level=None, check_same_thread=False)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
-    async with db.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+    except sqlite3.Error as exc:
+        # Closed, or its thread would keep the process alive after the refusal.
+        await db.close()
+        raise StorageError(f"cannot open {path} ({exc}); the node needs to read and write "
+                           "its data directory and the files in it") from exc
     version = int(row[0]) if row else 0
     migrations = _migrations()
     latest = migrations[-1][0] if migrations else 0
