@@ -154,6 +154,10 @@ def cmd_node_init(args: argparse.Namespace) -> None:
     data = Path(args.data) if args.data else default_data_dir()
     unit = Unit(args.unit, args.unit_name or args.unit.lower(), args.scale)
     try:
+        load_config(data)  # a config.toml put there first is checked now, not at first run
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}") from exc
+    try:
         result = asyncio.run(init_data_dir(data, name=args.name, unit=unit))
     except InitError as exc:
         raise CliError(str(exc)) from exc
@@ -176,11 +180,18 @@ async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
     from node.service import Node, init_data_dir
     from node.storage import StorageError
 
-    fresh = not is_initialised(data)
-    if fresh:
-        await init_data_dir(data)
+    # The configuration is read, and refused if wrong, before anything is written: a first
+    # run must not make a collective with the default name and unit and then refuse.
     config = load_config(data)
     host, port = parse_listen(listen or config.node.listen)
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # `tally -v` asks for debug
+        logging.getLogger().setLevel(config.node.log_level.upper())
+    fresh = not is_initialised(data)
+    if fresh:
+        try:
+            await init_data_dir(data)
+        except InitError as exc:
+            raise CliError(str(exc)) from exc
     try:
         node = Node(data, config)
     except KeyFormatError as exc:  # a key file others may read, or a damaged one

@@ -15,12 +15,16 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 CONFIG_FILE = "config.toml"
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message says which setting and why."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,14 @@ class Config:
     def validate(self) -> None:
         if not 0 <= self.node.signature_workers <= 64:
             raise ConfigError("[node] signature_workers must be between 0 and 64")
+        if self.node.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"[node] log_level must be one of {', '.join(LOG_LEVELS)}, "
+                              f"not {self.node.log_level!r}")
+        url = self.node.public_url
+        if url and not _is_http_url(url):
+            raise ConfigError(f"[node] public_url must be an http:// or https:// URL with a "
+                              f"host (e.g. https://tally.example.org), not {url!r}; leave it "
+                              '"" to use http://<listen>')
         if self.ledger.books not in ("open", "private"):
             raise ConfigError('[ledger] books must be "open" or "private"')
         if self.storage.synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
@@ -155,8 +167,13 @@ class Config:
                               "peer_rate_per_second) must be more than zero")
         if not 1 <= self.api.max_batch <= 10000:
             raise ConfigError("[api] max_batch must be between 1 and 10000")
+        if not 1 <= self.api.history_page_max <= 10000:
+            raise ConfigError("[api] history_page_max must be between 1 and 10000")
         parse_listen(self.node.listen)
         fed = self.federation
+        if fed.margin_ms < 1000:
+            raise ConfigError("[federation] margin_ms must be at least 1000: a round trip, "
+                              "twice the clock skew allowed and a commit must fit in it")
         if fed.payment_timeout_ms < 2 * fed.margin_ms:
             raise ConfigError("[federation] payment_timeout_ms must be at least twice margin_ms")
         if fed.max_hold_ms < fed.payment_timeout_ms:
@@ -181,6 +198,16 @@ class Config:
             raise ConfigError("[witness] timeout_ms and retry_ms must be at least 100")
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) \
+        and not parts.query and not parts.fragment
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -189,6 +216,10 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 _SECTIONS = {f.name: f.type for f in fields(Config)}
+
+
+_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+          list: "a list"}
 
 
 def _build(section: str, cls: Any, values: Any) -> Any:
@@ -205,7 +236,8 @@ def _build(section: str, cls: Any, values: Any) -> Any:
             value = float(value)
         if type(value) is not expected:
             raise ConfigError(
-                f"[{section}] {key} must be a {expected.__name__}, got {value!r}"
+                f"[{section}] {key} must be {_KINDS.get(expected, expected.__name__)}, "
+                f"got {value!r}"
             )
         kwargs[key] = value
     return cls(**kwargs)

@@ -83,6 +83,36 @@ async def test_node_run_settles_the_collector_once_it_serves(
     assert json.loads(capsys.readouterr().out)["url"].startswith("http://127.0.0.1:")
 
 
+@pytest.mark.parametrize("setting, level", [("warning", "WARNING"), ("debug", "DEBUG")])
+async def test_node_run_logs_at_the_configured_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    setting: str, level: str,
+) -> None:
+    # [node] log_level was documented ("debug, info, warning or error") but did nothing.
+    import logging
+
+    from node import cli, server
+
+    data = tmp_path / "node"
+    data.mkdir()
+    (data / "config.toml").write_text(f'[node]\nlog_level = "{setting}"\n')
+    seen: list[str] = []
+
+    async def stop_at_once() -> None:
+        seen.append(logging.getLevelName(logging.getLogger().level))
+
+    monkeypatch.setattr(server, "wait_for_stop_signal", stop_at_once)
+    monkeypatch.setattr(server, "settle_collector", lambda: None)
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)  # as `tally` sets it without -v
+    try:
+        await cli._run_node(data, "127.0.0.1:0", True)
+    finally:
+        root.setLevel(before)
+    assert seen == [level]
+
+
 def _requests_in_cycles() -> int:
     """How many requests only the garbage collector would free (it is off while they pile
     up: this runs a collection that keeps what it finds, to count it, then drops it)."""
