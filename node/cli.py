@@ -828,6 +828,33 @@ def cmd_disputes_resolve(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run, key))
 
 
+def _owed(balance: int, unit: Unit) -> str:
+    """A peer account's balance on our ledger, said with its direction: debited (below zero),
+    they owe us; credited, we owe them."""
+    if balance < 0:
+        return f"they owe us {format_amount(-balance, unit)}"
+    if balance > 0:
+        return f"we owe them {format_amount(balance, unit)}"
+    return "nothing owed either way"
+
+
+def _terms(terms: dict[str, Any], me: str) -> str:
+    """A line's terms as seen from our side (``me``: our node key)."""
+    from fractions import Fraction
+
+    ours: Literal["a", "b"] = "a" if terms["a"]["node_key"] == me else "b"
+    theirs = "b" if ours == "a" else "a"
+    us, them = Unit(**terms[ours]["unit"]), Unit(**terms[theirs]["unit"])
+    # The line converts a's smallest units to b's at rate_num/rate_den.
+    smallest = Fraction(terms["rate_num"], terms["rate_den"])
+    rate = (smallest if ours == "a" else 1 / smallest) * us.scale / them.scale
+    shown = str(rate) if rate.denominator == 1 else f"{float(rate):.6g}"
+    return (f"v{terms['version']} {terms['status']}: they may owe us "
+            f"{format_amount(terms[f'{ours}_limit'], us)}, we may owe them "
+            f"{format_amount(terms[f'{theirs}_limit'], them)}; 1 {us.name} = {shown} "
+            f"{them.name}")
+
+
 def cmd_peer_list(args: argparse.Namespace) -> None:
     home = home_of(args)
     key = home.key() if home.has_key() else steward_keys(args)[0]
@@ -835,12 +862,13 @@ def cmd_peer_list(args: argparse.Namespace) -> None:
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
         listing = await client.lines()
         out = []
+        me = info.node_key.text
         for line in listing["lines"]:
             acc = line["account"]
             unit = info.unit
             out.append(
                 f"{line['peer']['name']:24} {line['status']:9} key {line['peer']['node_key'][:16]}"
-                f"\n    balance {format_amount(acc['balance'], unit)}"
+                f"\n    {_owed(acc['balance'], unit)}"
                 f" (they may owe us {format_amount(acc['debit_limit'], unit)},"
                 f" we may owe them {format_amount(acc['credit_limit'], unit)})"
                 f"; in flight -{format_amount(acc['pending_debit'], unit, False)}"
@@ -849,9 +877,13 @@ def cmd_peer_list(args: argparse.Namespace) -> None:
             )
         for p in listing["proposals"]:
             terms = p["terms"]
-            other = terms["a"] if terms["b"]["node_key"] == info.node_key.text else terms["b"]
-            out.append(f"proposal {p['id']} from {other['name']!r}: accept with "
-                       f"`tally peer accept {p['id']}`")
+            other = terms["a"] if terms["b"]["node_key"] == me else terms["b"]
+            if p.get("by") == "ours":
+                out.append(f"proposal {p['id']} to {other['name']!r}, waiting for their "
+                           f"stewards\n    {_terms(terms, me)}")
+            else:
+                out.append(f"proposal {p['id']} from {other['name']!r}\n    "
+                           f"{_terms(terms, me)}\n    accept with `tally peer accept {p['id']}`")
         for x in listing.get("settlements", []):
             terms = x["terms"]
             if x["by"] == "theirs":

@@ -58,7 +58,7 @@ from protocol.federation import (
     condition_of,
 )
 from protocol.ledger import Outcome, SigCheck
-from protocol.lines import SIGNATURES, is_suspension_of, settlement_refusal
+from protocol.lines import SIGNATURES, is_suspension_of, line_for_peer, settlement_refusal
 from protocol.messages import MessageError, Signed, parse_log_entry, parse_signed, sign_message
 from protocol.reconcile import Verdict, compare, signer_ok, statement
 from protocol.routing import Edge, Route, amounts, edge_of, edges_from_signed, routes
@@ -615,14 +615,22 @@ class Federation:
         other = line.other(self.key)
         if other.node_key == self.key:
             raise FederationError(ResultCode.not_a_party, "a line joins two collectives")
+        self._refuse_second_line(line)
         ours = _merge(signed, sign_message(line, self.node.node_key))
         await self._set_meta(f"proposal:{line.id}", json.dumps({"line": ours.to_json(),
                                                                 "url": peer_url}))
         self.proposals[line.id] = (ours, peer_url)
         await self._remember_peer(other.node_key, peer_url)
         node_only = _merge(sign_message(line, self.node.node_key))
-        await self._peer_post(other.node_key.key_id, "/v1/peer/lines",
-                              {"line": node_only.to_json(), "url": self.public_url})
+        try:
+            await self._peer_post(other.node_key.key_id, "/v1/peer/lines",
+                                  {"line": node_only.to_json(), "url": self.public_url})
+        except TallyError as exc:
+            # Refused: nothing is left waiting for an acceptance that cannot come. (Not
+            # reached, it stays: the other node may have it, and its acceptance may come.)
+            if exc.code != "unreachable" and exc.status < 500:
+                await self._drop_proposal(line.id)
+            raise _peer_refusal(exc, f"{other.name!r} refused the proposal") from exc
         return {"line": line.id, "status": "proposed", "peer": other.name}
 
     async def accept_line(self, signed: Signed) -> dict[str, Any]:
@@ -646,6 +654,18 @@ class Federation:
         await self._drop_proposal(line.id)
         return {"line": line.id, "version": line.version, "status": line.status,
                 "index": outcome.index}
+
+    def _refuse_second_line(self, line: Line) -> None:
+        """A new line with a collective we already have one with is refused when it is
+        proposed, not only when it is accepted (it would wait a week on both sides first)."""
+        if line.id in self.node.ledger.lines:
+            return  # a new version of a line in force
+        existing = line_for_peer(self.node.ledger, line.other(self.key).node_key)
+        if existing is not None:
+            raise FederationError(
+                ResultCode.line_exists,
+                f"there is already a line with {existing.other(self.key).name!r} "
+                f"({existing.id}): change it with `tally peer change` instead")
 
     def _check_stewards(self, signed: Signed) -> None:
         state = self.node.ledger
@@ -685,6 +705,7 @@ class Federation:
                 raise FederationError(outcome.code, outcome.detail)
             await self._drop_proposal(line.id)
             return {"line": line.id, "status": "active"}
+        self._refuse_second_line(line)
         await self._set_meta(f"proposal:{line.id}", json.dumps({"line": signed.to_json(),
                                                                 "url": url}))
         self.proposals[line.id] = (signed, url)

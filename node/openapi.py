@@ -211,7 +211,12 @@ SCHEMAS: dict[str, Any] = {
         "order": ID, "attempts": {"type": "array", "items": {"type": "object"}}}},
     "Lines": {"type": "object", "properties": {
         "lines": {"type": "array", "items": {"type": "object"}},
-        "proposals": {"type": "array", "items": {"type": "object"}},
+        "proposals": {"type": "array", "items": {
+            "type": "object", "required": ["id", "terms", "url", "by"],
+            "properties": {"id": ID, "terms": {"type": "object"}, "url": {"type": "string"},
+                           "by": {"enum": ["ours", "theirs"]}}},
+            "description": "line proposals not yet accepted; by: ours (waiting for their "
+                           "stewards) or theirs (ours may accept)"},
         "settlements": {"type": "array", "items": {"type": "object"},
                         "description": "settlement proposals not yet logged; by: ours or "
                                        "theirs"}}},

@@ -256,7 +256,9 @@ async def get_lines(request: web.Request) -> web.Response:
                           other.node_key.key_id),
                       "terms": line.to_json(),
                       "account": account.to_json() if account else None})
-    proposals = [{"id": lid, "terms": s.msg.to_json(), "url": url}
+    # Ours carry our node's signature (``Federation.propose_line``); theirs only theirs.
+    proposals = [{"id": lid, "terms": s.msg.to_json(), "url": url,
+                  "by": "ours" if any(sig.key == fed.key for sig in s.sigs) else "theirs"}
                  for lid, (s, url) in fed.proposals.items()]
     for entry in lines:
         entry["next_settlement"] = await fed.next_settlement(entry["id"])

@@ -69,7 +69,9 @@ def event_key(signed: Signed) -> str:
     return f"{msg.type}/{getattr(msg, 'id', '')}/{signer}"
 
 
-def _line_for_peer(state: LedgerState, peer: PublicKey) -> Line | None:
+def line_for_peer(state: LedgerState, peer: PublicKey) -> Line | None:
+    """The line in force with the collective whose node key is ``peer``, if any (at most one:
+    a second is refused, ``line_exists``)."""
     for signed in state.lines.values():
         line = signed.msg
         assert isinstance(line, Line)
@@ -86,7 +88,7 @@ def _check_limits(
     over_credit = credit and account.balance + account.pending_credit + credit > (
         account.credit_limit)
     if account.kind == "peer" and (over_debit or over_credit):
-        line = _line_for_peer(state, account.key) if account.key else None
+        line = line_for_peer(state, account.key) if account.key else None
         name = line.other(state.genesis.node_key).name if line else account.handle
         room = (account.debit_limit + account.balance - account.pending_debit if over_debit
                 else account.credit_limit - account.balance - account.pending_credit)
@@ -143,7 +145,7 @@ def apply_line(state: LedgerState, signed: Signed, now: int, sigcheck: SigCheck)
         return _refuse(ResultCode.expired, "this line proposal has expired; propose again")
     current = state.lines.get(line.id)
     if current is None:
-        if _line_for_peer(state, other.node_key) is not None:
+        if line_for_peer(state, other.node_key) is not None:
             return _refuse(ResultCode.line_exists,
                            "there is already a line with that collective: change its version")
     else:
@@ -470,7 +472,7 @@ def _hold_transit(
         return _refuse(ResultCode.expired, "the PREPARE expired before it arrived")
     if not p.path:
         return _refuse(ResultCode.no_route, "the payee is not a member here and no path follows")
-    line = _line_for_peer(state, p.path[0])
+    line = line_for_peer(state, p.path[0])
     if line is None:
         return _refuse(ResultCode.no_route, "no credit line with the next collective on the path")
     if line.status != "active":

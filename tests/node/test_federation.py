@@ -241,10 +241,17 @@ async def test_a_line_agreed_shows_on_both_sides_with_each_sides_limits(pair: Pa
     accounts = {x["handle"]: x for x in await a.member("alice").accounts()}
     assert accounts[pair.peer_at_a]["balance"] == 0
 
-    # A second line between the same two collectives, proposed the other way, is refused.
-    other = await b.client(b.steward).propose_line(a.url, [b.steward], 100, 100)
-    err = await refused(a.client(a.steward).accept_line(other["line"], [a.steward]))
-    assert err.code == "line_exists"
+    # A second line between the same two collectives is refused when it is proposed, not a
+    # week later at accept: by the proposer's own node, with what to do instead ...
+    err = await refused(b.client(b.steward).propose_line(a.url, [b.steward], 100, 100))
+    assert err.code == "line_exists" and "tally peer change" in err.detail, err
+    assert (await b.client(b.steward).lines())["proposals"] == []
+    # ... and by the other node, should a proposer's node not check.
+    b.fed._refuse_second_line = lambda line: None  # type: ignore[method-assign]
+    err = await refused(b.client(b.steward).propose_line(a.url, [b.steward], 100, 100))
+    assert err.code == "line_exists", err
+    assert (await a.client(a.steward).lines())["proposals"] == []
+    assert (await b.client(b.steward).lines())["proposals"] == []  # none left waiting
     assert [x["id"] for x in (await a.client(a.steward).lines())["lines"]] == [la["id"]]
 
 

@@ -23,6 +23,9 @@ from protocol.codes import ResultCode
 from protocol.federation import SETTLEMENT_ACCOUNT, Decision, Fulfil, Prepare
 from protocol.messages import Signed, parse_message, parse_signed, sign_message
 from tests.node.test_federation import (  # noqa: F401  (fixtures)
+    A_LIMIT,
+    B_LIMIT,
+    RATE,
     Pair,
     capture_order_ids,
     converted,
@@ -312,3 +315,39 @@ async def test_stewards_suspend_settle_and_read_disputes_with_the_tally_command(
     assert (code, json.loads(out)) == (0, [])
     code, out, err = await cli(capsys, "disputes", "resolve", "0" * 32, "--note", "x", *at(a))
     assert code == 1 and "not_found" in err
+
+
+async def test_peer_list_says_who_proposed_what_and_who_owes_whom(
+    pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Found by a hostile test: a steward saw their own proposal as "from" the other side
+    # with an instruction to accept it (which failed), no proposal's terms, and a balance
+    # whose sign meant opposite things on the two sides.
+    a, b = pair.a, pair.b
+
+    def at(side: Any) -> list[str]:
+        return ["--node", side.url, "--home", str(tmp_path / side.name),
+                "--steward-key", str(side.node.data_dir / "steward.key")]
+
+    proposed = (await a.client(a.steward).propose_line(b.url, [a.steward], A_LIMIT, B_LIMIT,
+                                                       *RATE))["line"]
+    code, out, err = await cli(capsys, "peer", "list", *at(a))
+    assert code == 0, err
+    assert f"proposal {proposed} to 'Greenway', waiting for their stewards" in out
+    assert ("v1 active: they may owe us 50 hours, we may owe them 6 credits; "
+            "1 hours = 0.9 credits") in out
+    assert "tally peer accept" not in out
+    code, out, err = await cli(capsys, "peer", "list", *at(b))
+    assert code == 0, err
+    assert f"proposal {proposed} from 'Riverside'" in out
+    assert ("v1 active: they may owe us 6 credits, we may owe them 50 hours; "
+            "1 credits = 1.11111 hours") in out
+    assert f"accept with `tally peer accept {proposed}`" in out
+
+    await b.client(b.steward).accept_line(proposed, [b.steward])
+    await a.member("alice").pay_remote("alice", "bob", b.node_key.public, 30, 30)
+    await settled(a, b)  # A owes B: 20 minutes on A's ledger, 30 cents on B's
+    code, out, err = await cli(capsys, "peer", "list", *at(a))
+    assert "we owe them 0.33 (20/60) hours (they may owe us 50 hours" in out, out
+    code, out, err = await cli(capsys, "peer", "list", *at(b))
+    assert "they owe us 0.3 credits (they may owe us 6 credits" in out, out
