@@ -216,7 +216,8 @@ async def _run_node(data: Path, listen: str | None, json_out: bool) -> None:
         f"  steward key   {data / STEWARD_KEY}\n"
         f"  ledger id     {info.ledger_id}\n"
         f"  log entries   {info.size}\n"
-        f"Admit a member: tally member admit HANDLE PUBLIC_KEY --node {served.url}\n"
+        "Admit a member: tally member admit HANDLE PUBLIC_KEY --node "
+        f"{node.public_url or served.url}\n"
         "Stop with Ctrl-C."
     )
     if json_out:
@@ -265,9 +266,11 @@ def cmd_node_info(args: argparse.Namespace) -> None:
         }
 
     doc = asyncio.run(read())
+    unit = Unit(**doc["unit"])
+    shown = {**doc, "unit": f"{unit.name} ({unit.code}, {unit.scale} smallest units each)"}
     emit(
         args,
-        "\n".join(f"{k:12} {v}" for k, v in doc.items() if k != "stewards")
+        "\n".join(f"{k:12} {v}" for k, v in shown.items() if k != "stewards")
         + f"\n{'stewards':12} " + ", ".join(doc["stewards"]),
         doc,
     )
@@ -973,7 +976,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from node.demo import run_demo
 
     asyncio.run(run_demo(serve_forever=args.serve, transfers=args.transfers,
-                         json_out=args.json, base_port=args.port))
+                         json_out=args.json, base_port=args.port, keep=args.keep))
 
 
 # --- the parser -----------------------------------------------------------------------------
@@ -1220,6 +1223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfers", type=int, default=300, help="how many transfers to run")
     p.add_argument("--port", type=int, default=0,
                    help="first port to use (default: any free ports)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the demo's directory (keys, databases, members' homes) "
+                   "afterwards; by default it is removed when the demo ends")
     p.set_defaults(func=cmd_demo)
     return parser
 

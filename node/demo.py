@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -55,10 +56,12 @@ async def run_demo(
     json_out: bool = False,
     base_port: int = 0,
     seed: int | None = None,
+    keep: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix="tally-demo-"))
-    _say(json_out, f"Tally demo in {root}")
+    _say(json_out, f"Tally demo in {root} " + (
+        "(kept afterwards)" if keep else "(removed at the end; --keep keeps it)"))
     nodes: list[DemoNode] = []
     config = Config(log=LogSettings(public_entries=True))
     try:
@@ -138,6 +141,10 @@ async def run_demo(
     finally:
         for demo in nodes:
             await demo.served.close()
+        if not keep:
+            # Keys, databases and members' homes: a few MB left in the temporary directory
+            # at every run otherwise.
+            shutil.rmtree(root, ignore_errors=True)
 
 
 async def _across(nodes: list[DemoNode], root: Path, json_out: bool) -> dict[str, Any]:

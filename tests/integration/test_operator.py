@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import NodeProcess
 
 
@@ -81,3 +83,32 @@ def test_a_broken_config_is_refused_before_a_first_run_makes_the_collective(
     (data / "config.toml").write_text('[node]\nlog_level = "warning"\n')
     assert tally("node", "init", "--data", str(data), "--name", "My Coop",
                  cwd=tmp_path).returncode == 0
+
+
+def test_node_info_says_the_unit_in_words(tmp_path: Path) -> None:
+    data = tmp_path / "coop"
+    assert tally("node", "init", "--data", str(data), "--name", "Riverside", "--unit", "HOUR",
+                 "--unit-name", "hours", "--scale", "60", cwd=tmp_path).returncode == 0
+    shown = tally("node", "info", "--data", str(data), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "unit         hours (HOUR, 60 smallest units each)" in shown.stdout  # not a dict
+
+
+async def test_the_banner_tells_stewards_the_public_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Behind a reverse proxy, http://<listen> is not where members reach the node.
+    from node import cli, server
+
+    data = tmp_path / "coop"
+    data.mkdir()
+    (data / "config.toml").write_text('[node]\npublic_url = "https://tally.example.org"\n')
+
+    async def stop_at_once() -> None:
+        return None
+
+    monkeypatch.setattr(server, "wait_for_stop_signal", stop_at_once)
+    monkeypatch.setattr(server, "settle_collector", lambda: None)
+    await cli._run_node(data, "127.0.0.1:0", False)
+    out = capsys.readouterr().out
+    assert "tally member admit HANDLE PUBLIC_KEY --node https://tally.example.org\n" in out

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 
-def test_demo_pays_across_and_through_collectives_and_refuses_beyond_a_line() -> None:
+def test_demo_pays_across_and_through_collectives_and_refuses_beyond_a_line(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "node", "demo", "--json", "--transfers", "30"],
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
+    # It cleans up after itself (keys, databases, homes: it used to leave them all in /tmp).
+    assert list(tmp_path.iterdir()) == []
     summary = json.loads(run.stdout[run.stdout.index("{"):])
     # Six payments between collectives went through, two of them through the food co-op;
     # the one far beyond the line was refused with the line's own code.
@@ -29,3 +36,13 @@ def test_demo_pays_across_and_through_collectives_and_refuses_beyond_a_line() ->
     green = summary["nodes"][1]
     kinds = {a["kind"]: a for a in green["accounts"] if a["kind"] == "internal"}
     assert kinds["internal"]["balance"] == 0
+
+
+def test_demo_keeps_its_directory_when_asked(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "node", "demo", "--keep", "--transfers", "3"],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (kept,) = tmp_path.iterdir()
+    assert f"Tally demo in {kept} (kept afterwards)" in run.stdout
+    assert sorted(p.name for p in kept.iterdir()) == ["homes", "node1", "node2", "node3"]
