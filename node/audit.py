@@ -139,9 +139,9 @@ async def audit_log(
     served_vkey = (await fetch("vkey", False)).decode().strip()
     if vkey is None:
         vkey = served_vkey
-        report.check(True, f"log key taken from the node (pin it with --vkey {vkey})")
-    elif not report.check(vkey == served_vkey, "the node serves the log key you pinned"):
-        raise AuditFailed(f"the node serves log key {served_vkey}, not the pinned {vkey}")
+        report.check(True, f"log key taken from the log (pin it with --vkey {vkey})")
+    elif not report.check(vkey == served_vkey, "the log's key is the one you pinned"):
+        raise AuditFailed(f"the log's key is {served_vkey}, not the pinned {vkey}")
     try:
         verifier = parse_verifier_key(vkey)
     except NoteError as exc:

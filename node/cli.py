@@ -651,7 +651,20 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
+    from crypto.note import NoteError, parse_verifier_key
     from node.audit import AuditFailed, audit_log, dir_source, format_report, http_source
+
+    # Wrong arguments are not an audit that failed: say what to give instead.
+    if args.vkey is not None:
+        try:
+            parse_verifier_key(args.vkey)
+        except NoteError as exc:
+            raise CliError(f"--vkey {args.vkey!r} is not a log key ({exc}); a log key "
+                           "reads like NAME+HASH+KEY, as the node serves it at /log/vkey") from exc
+    if args.dir and not all((Path(args.dir) / name).is_file()
+                            for name in ("vkey", "checkpoint")):
+        raise CliError(f"no saved log in {args.dir}: save one with "
+                       f"`tally audit --node URL --save {args.dir}`")
 
     async def run() -> int:
         if args.dir:
@@ -925,7 +938,9 @@ def cmd_peer_status(args: argparse.Namespace) -> None:
                        "take them to the other collective's stewards.")
         emit(args, "\n".join(out) or "No credit lines yet: `tally peer propose URL --limit X`.",
              status)
-        if any(r["verdict"] == "mismatch" for r in status["lines"]):
+        # Exit 1 when a line needs a steward: the ledgers disagree, or the other node could
+        # not be asked (down, or no longer the node the line names).
+        if any(r["verdict"] in ("mismatch", "unreachable") for r in status["lines"]):
             raise SystemExit(1)
 
     asyncio.run(with_client(args, run, key))
@@ -1149,7 +1164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_peer_list)
     p = psub.add_parser("status", parents=[client_opts, steward_opts],
                         help="reconcile every line now: do both ledgers agree on what "
-                        "flowed across it? (exit 1 on a mismatch)")
+                        "flowed across it? (exit 1 on a mismatch, or a peer that could "
+                        "not be asked)")
     p.set_defaults(func=cmd_peer_status)
     p = psub.add_parser("suspend", parents=[client_opts, steward_opts],
                         help="suspend a line by our stewards alone: no new payments either way")

@@ -351,3 +351,23 @@ async def test_peer_list_says_who_proposed_what_and_who_owes_whom(
     assert "we owe them 0.33 (20/60) hours (they may owe us 50 hours" in out, out
     code, out, err = await cli(capsys, "peer", "list", *at(b))
     assert "they owe us 0.3 credits (they may owe us 6 credits" in out, out
+
+
+async def test_peer_status_exits_1_when_the_other_node_cannot_be_asked(
+    linked: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A script or a monitor runs `tally peer status`: a line whose other node does not
+    # answer (down, or no longer the node the line names) needs a steward, as a mismatch.
+    a = linked.a
+    at = ["--node", a.url, "--home", str(tmp_path / a.name),
+          "--steward-key", str(a.node.data_dir / "steward.key")]
+    code, out, err = await cli(capsys, "peer", "status", *at)
+    assert code == 0 and "AGREE" in out, out + err
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise TallyError("unreachable", "could not reach the node")
+
+    monkeypatch.setattr(a.fed, "_peer_post", down)
+    code, out, err = await cli(capsys, "peer", "status", *at)
+    assert code == 1 and "UNREACHABLE" in out, out + err

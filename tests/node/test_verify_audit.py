@@ -412,6 +412,13 @@ async def test_audit_of_a_saved_directory_works_with_the_node_stopped(
     code, out, err = await cli(capsys, "audit", "--dir", str(saved), "--vkey", vkey)
     assert code == 0, err
     assert f"AUDIT PASSED: {size} entries checked" in out
+    # Wrong arguments are said to be wrong, not reported as an audit that failed.
+    code, out, err = await cli(capsys, "audit", "--dir", str(tmp_path / "nope"))
+    assert code == 1 and "AUDIT FAILED" not in out + err
+    assert f"no saved log in {tmp_path / 'nope'}: save one with `tally audit" in err
+    code, out, err = await cli(capsys, "audit", "--dir", str(saved), "--vkey", "garbage")
+    assert code == 1 and "AUDIT FAILED" not in out + err
+    assert "--vkey 'garbage' is not a log key" in err
     code, out, err = await cli(capsys, "audit", "--dir", str(saved), "--vkey", vkey, "--json")
     assert code == 0, err
     assert json.loads(out)["balances"] == {"alice": -2, "bob": 2}
