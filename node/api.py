@@ -23,6 +23,7 @@ from crypto.canonical import parse_json
 from crypto.httpsig import VerifiedRequest, verify_request
 from crypto.keys import PublicKey
 from node import storage
+from node.config import payment_answer_ms
 from node.intake import Memo, TransferItem
 from node.openapi import openapi_document
 from node.problems import Problem, problem_middleware
@@ -247,6 +248,7 @@ def info_document(node: Node) -> dict[str, Any]:
         "max_valid_window_seconds": cfg.ledger.max_valid_window_seconds,
         "request_skew_seconds": cfg.api.request_skew_seconds,
         "max_batch": cfg.api.max_batch,
+        "payment_answer_seconds": -(-payment_answer_ms(cfg.federation) // 1000),
         "log_size": state.size,
         "api_version": "v1",
         "protocols": list(protocol_version.SUPPORTED),  # node-to-node versions it speaks
@@ -412,8 +414,24 @@ async def get_history(request: web.Request) -> web.Response:
     postings = node.history(handle, cursor, limit)
     next_cursor = postings[-1].index if len(postings) == limit else None
     return web.json_response(
-        {"handle": handle, "postings": [p.to_json() for p in postings], "next": next_cursor}
+        {"handle": handle, "postings": [_posting(node, p) for p in postings],
+         "next": next_cursor}
     )
+
+
+def _posting(node: Node, posting: storage.Posting) -> dict[str, Any]:
+    """A posting as members read it: with ``across`` (null for a transfer here), the member
+    and collective at the far end of a payment across collectives and those in between,
+    as the PREPARE this node logged names them (``counterparty`` names only the adjacent
+    collective, whose peer account the payment moved)."""
+    doc = posting.to_json()
+    far = None
+    if "@" in posting.counterparty and node.federation is not None:
+        far = node.federation.far_end(posting.event_id)
+    doc["across"] = far[0] if far else None
+    if far and doc["memo"] is None:
+        doc["memo"] = far[1]  # the payer's memo, kept beside the PREPARE's entry
+    return doc
 
 
 async def get_event(request: web.Request) -> web.Response:

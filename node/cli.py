@@ -514,16 +514,66 @@ async def _pay_across(args: argparse.Namespace, client: TallyClient, info: NodeI
                        "see `tally peer list`")
     cost = options[0]["cost"]  # what the cheapest route costs us, rounded up at every hop
     max_pay = amount_arg(args.max, info.unit, "--max") if args.max else cost
-    receipt = await client.pay_remote(payer, payee, PublicKey.parse(collective["node_key"]),
-                                      amount, max_pay)
+    try:
+        receipt = await client.pay_remote(payer, payee,
+                                          PublicKey.parse(collective["node_key"]), amount,
+                                          max_pay, memo=args.memo)
+    except TallyError as exc:
+        if exc.order_id and (exc.code == "unreachable" or exc.status >= 500):
+            raise _outcome_unknown(exc.order_id, exc.detail) from exc
+        if exc.code == "no_route" and exc.problem.get("unreachable"):
+            raise CliError(f"{exc.detail}. Try again later.") from exc
+        raise
+    if receipt.get("result") == "pending":
+        raise _outcome_unknown(receipt["order"], "it is still in flight")
+    to = f"{payee}@{collective['name']}"
     via = receipt.get("route", [])[1:-1]
+    received = receipt.get("amount_received", amount)
+    said = f"Paid {format_amount(amount, their_unit)} to {to}"
+    if received != amount:
+        # Each hop rounds up what the payer sends to a whole smallest unit of hers: what
+        # arrives may be more than asked, and the payee is credited all of it.
+        said = (f"Paid: {to} receives {format_amount(received, their_unit)} (you asked for "
+                f"{format_amount(amount, their_unit)}: you pay in whole "
+                f"{format_amount(1, info.unit, False)} {info.unit.name}, and the "
+                f"{format_amount(receipt['amount_paid'], info.unit)} it cost is worth that)")
     emit(
         args,
-        f"Paid {format_amount(amount, their_unit)} to {payee}@{collective['name']}"
-        + (f" via {', '.join(via)}" if via else "")
+        said + (f" via {', '.join(via)}" if via else "")
         + f" (cost {format_amount(receipt['amount_paid'], info.unit)}; order {receipt['order']})",
         receipt,
     )
+
+
+def _outcome_unknown(order_id: str, why: str) -> CliError:
+    return CliError(
+        f"the outcome of payment {order_id} is not known yet ({why}). Do NOT pay again: it "
+        f"may still complete. Check it with `tally payment {order_id}`.")
+
+
+def cmd_payment(args: argparse.Namespace) -> None:
+    home = home_of(args)
+    key = member_key(home)
+
+    async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
+        status = await client.payment(args.order)
+        ours = [a for a in status["attempts"] if a["role"] == "source"] or status["attempts"]
+        emit(args, _payment_state(args.order, ours), status)
+
+    asyncio.run(with_client(args, run, key))
+
+
+def _payment_state(order: str, attempts: list[dict[str, Any]]) -> str:
+    """What became of a payment across collectives, from its attempts (one per route)."""
+    payee = attempts[0]["payee"]
+    if any(a["hold"] == "posted" for a in attempts):
+        return f"Paid: {payee} was paid (order {order})."
+    if any(a["hold"] == "held" for a in attempts):
+        return (f"Still in flight (order {order}): do not pay again; check again in a "
+                "minute.")
+    last: dict[str, Any] = next((a["result"] for a in reversed(attempts) if a["result"]), {})
+    return (f"Not paid: nothing moved ({last.get('result', 'voided')}: "
+            f"{last.get('detail', 'voided')}). You may pay again.")
 
 
 def cmd_pay(args: argparse.Namespace) -> None:
@@ -594,6 +644,19 @@ def cmd_balance(args: argparse.Namespace) -> None:
     asyncio.run(with_client(args, run, key))
 
 
+def _other_party(posting: dict[str, Any]) -> str:
+    """The other member of a posting: ``cy@Hilltop`` across collectives, even when the
+    payment went through others (``counterparty`` names the adjacent one)."""
+    far = posting.get("across")
+    if not far:
+        return str(posting["counterparty"])
+    return f"{far['member']}@{far['collective'] or 'another collective'}"
+
+
+def _via(posting: dict[str, Any]) -> list[str]:
+    return list((posting.get("across") or {}).get("via") or [])
+
+
 def cmd_history(args: argparse.Namespace) -> None:
     home = home_of(args)
     key = member_key(home)
@@ -604,11 +667,11 @@ def cmd_history(args: argparse.Namespace) -> None:
         if args.csv:
             writer = csv.writer(sys.stdout)
             writer.writerow(["index", "time_ms", "id", "counterparty", "amount",
-                             f"amount_{info.unit.code.lower()}", "memo"])
+                             f"amount_{info.unit.code.lower()}", "memo", "via"])
             for p in postings:
-                writer.writerow([p["index"], p["node_time"], p["id"], p["counterparty"],
+                writer.writerow([p["index"], p["node_time"], p["id"], _other_party(p),
                                  p["amount"], format_amount(p["amount"], info.unit, False),
-                                 p["memo"] or ""])
+                                 p["memo"] or "", "; ".join(_via(p))])
             return
         from datetime import datetime
 
@@ -617,9 +680,10 @@ def cmd_history(args: argparse.Namespace) -> None:
             when = datetime.fromtimestamp(p["node_time"] / 1000, UTC)
             direction = "from" if p["amount"] > 0 else "to  "
             memo = f"  {p['memo']}" if p["memo"] else ""
+            via = f" (via {', '.join(_via(p))})" if _via(p) else ""
             lines.append(
                 f"{when:%Y-%m-%d %H:%M}  {format_amount(p['amount'], info.unit):>14}  "
-                f"{direction} {p['counterparty']}{memo}"
+                f"{direction} {_other_party(p)}{via}{memo}"
             )
         emit(args, "\n".join(lines) or f"No transfers yet for {handle}.", postings)
 
@@ -1109,15 +1173,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     # members
     p = sub.add_parser("pay", parents=[client_opts], help="pay another member, here or in a "
-                       "collective yours has a credit line with")
+                       "collective yours has a credit line with",
+                       description="Pay another member. To another collective, the answer "
+                       "says what the payee receives; if it cannot say whether the payment "
+                       "went through, it prints the order id: do not pay again, ask "
+                       "`tally payment ORDER`.")
     p.add_argument("payee", help="the payee's handle, or HANDLE@COLLECTIVE (its name as shown "
                    "by `tally peer list`, or its node key)")
     p.add_argument("amount", help="in the payee's collective's unit, e.g. 1.5 (hours)")
     p.add_argument("--max", metavar="X", help="across collectives: the most it may cost you, "
                    "in your unit (default: the amount at the line's rate)")
-    p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash)")
+    p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash). "
+                   "To another collective: kept by your node only, not sent to theirs")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help="your handle, if not known")
     p.set_defaults(func=cmd_pay)
+    p = sub.add_parser("payment", parents=[client_opts],
+                       help="what became of a payment to another collective, by its order id",
+                       description="Ask your node what became of a payment to another "
+                       "collective: paid, not paid (nothing moved; you may pay again), or "
+                       "still in flight (do not pay again). `tally pay` prints the order id, "
+                       "also when it cannot tell the outcome.")
+    p.add_argument("order", help="the order id `tally pay` printed")
+    p.set_defaults(func=cmd_payment)
     p = sub.add_parser("balance", parents=[client_opts], help="your balance and limits")
     p.add_argument("handle", nargs="?", help="another member's (open books only)")
     p.add_argument("--all", action="store_true", help="every account")

@@ -59,6 +59,11 @@ class TallyError(Exception):
         self.order_id: str | None = None  # set for payments across collectives
 
 
+# For a request and its answer to cross the network between a client and its node, beyond
+# the time the node itself says it may take to answer.
+TRANSIT_SECONDS = 10.0
+
+
 def new_id() -> str:
     """A random 128-bit id, as every transfer and act carries."""
     return os.urandom(16).hex()
@@ -181,9 +186,10 @@ class TallyClient:
         *,
         signed: bool = False,
         idempotent: bool = True,
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
         status, raw = await self._request_raw(method, path, body, signed=signed,
-                                              idempotent=idempotent)
+                                              idempotent=idempotent, timeout=timeout)
         try:
             doc = json.loads(raw) if raw else None
         except ValueError:
@@ -198,7 +204,9 @@ class TallyClient:
         *,
         signed: bool = False,
         idempotent: bool = True,
+        timeout: float | None = None,
     ) -> tuple[int, bytes]:
+        """``timeout``, in seconds, for this request instead of the client's."""
         data = body if isinstance(body, CanonicalBody) else (
             canonical_json(body) if body is not None else b"")
         attempts = self.retries + 1 if idempotent else 1
@@ -213,6 +221,9 @@ class TallyClient:
                 async with self.session.request(
                     method, self.url + path, data=data if body is not None else None,
                     headers=headers,
+                    # (Not ``timeout=None``: that would mean no timeout at all.)
+                    timeout=aiohttp.ClientTimeout(total=timeout) if timeout
+                    else self.session.timeout,
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
@@ -236,10 +247,13 @@ class TallyClient:
                     raise TallyError(doc["code"], doc.get("detail", ""), status, doc)
                 raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status)
             return status, raw
+        # A timeout has no message of its own: say how long we waited.
+        reason = str(last) or (f"no answer within {timeout or self.timeout:g} s"
+                               if isinstance(last, TimeoutError) else type(last).__name__)
         raise TallyError(
             "unreachable",
-            f"could not reach the node at {self.url} ({last}); "
-            "check the URL and that the node is running",
+            f"could not reach the node at {self.url} ({reason}); "
+            "check the URL and that the node is running", problem={"reason": reason},
         )
 
     async def protocol(self) -> int:
@@ -364,19 +378,29 @@ class TallyClient:
         max_pay: int,
         valid_for_ms: int = 120_000,
         order_id: str | None = None,
+        memo: str | None = None,
     ) -> dict[str, Any]:
         """Pay ``payee`` at the collective whose node key is ``payee_node``: ``amount`` in
         the payee's unit, spending at most ``max_pay`` of ours. Final: a receipt, or a
         TallyError with the refusal's code. Never retried here after a timeout: ask
-        ``payment(order_id)`` instead (the order id is in the error's problem, if any)."""
+        ``payment(order_id)`` instead (the order id is in the error's problem, if any).
+        ``memo`` stays with the payer's node, beside its log (the order carries no memo)."""
         if self.key is None:
             raise TallyError("no_key", "paying needs the payer's key: `tally key new`")
         info = await self.info()
         order = PaymentOrder(info.ledger_id, order_id or new_id(), payer, payee, payee_node,
                              amount, max_pay, now_ms() + valid_for_ms)
-        body = sign_message(order, self.key).to_json()
+        body: dict[str, Any] = sign_message(order, self.key).to_json()
+        if memo:
+            body = {"order": body, "memo": {"text": memo, "salt": os.urandom(16).hex()}}
+        # The node answers within the time its info says (``payment_answer_seconds``): wait
+        # that long, and a little more for the request to get there and back.
+        answer = info.raw.get("payment_answer_seconds")
+        wait = (answer if type(answer) is int and answer > 0 else valid_for_ms / 1000)
         try:
-            return (await self._request("POST", "/v1/payments", body, idempotent=False))[1]  # type: ignore[no-any-return]
+            _, receipt = await self._request("POST", "/v1/payments", body, idempotent=False,
+                                             timeout=wait + TRANSIT_SECONDS)
+            return receipt  # type: ignore[no-any-return]
         except TallyError as exc:
             exc.order_id = order.id  # so the caller can ask `payment(order_id)` later
             raise

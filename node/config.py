@@ -105,6 +105,19 @@ class FederationSettings:
     peer_rate_burst: int = 200
 
 
+ANSWER_SLACK_MS = 5000  # for a payment's last answer to come back and be logged
+
+
+def payment_answer_ms(fed: FederationSettings) -> int:
+    """The longest ``POST /v1/payments`` waits before it answers (a receipt, a refusal, or
+    202 pending; ``Federation.pay`` keeps to it): a quote (and the peer's info first), the
+    longest hold it makes on a path of ``max_hops``, then one more peer request and
+    ``ANSWER_SLACK_MS`` for the last answer to come back and be logged. A client waits
+    for at least this long (``GET /v1/info`` says it as ``payment_answer_seconds``)."""
+    hold = min(fed.max_hold_ms, fed.payment_timeout_ms + (fed.max_hops - 1) * fed.margin_ms)
+    return 3 * fed.peer_timeout_ms + hold + ANSWER_SLACK_MS
+
+
 @dataclass(frozen=True)
 class GossipSettings:
     bootstrap: list[str] = field(default_factory=list)  # URLs of nodes to learn the others from

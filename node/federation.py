@@ -40,6 +40,8 @@ from crypto.canonical import canonical_json
 from crypto.keys import PublicKey
 from node import storage
 from node.client import CanonicalBody, TallyClient, TallyError
+from node.config import ANSWER_SLACK_MS, payment_answer_ms
+from node.intake import Memo
 from node.problems import FederationError
 from node.tasks import stop_tasks
 from node.writer import EventRequest, SqlRequest
@@ -189,9 +191,16 @@ def canonical_body(**fields: Any) -> CanonicalBody:
     return CanonicalBody(b"{" + b",".join(parts) + b"}")
 
 
-def _peer_refusal(exc: TallyError, what: str) -> FederationError:
-    """A peer's HTTP refusal, as one of our result codes."""
+def _peer_refusal(exc: TallyError, what: str, peer: str = "") -> FederationError:
+    """A peer's HTTP refusal, as one of our result codes. ``peer``, the collective's name:
+    a node that does not answer is reported as such (``unreachable`` in the problem), not as
+    a refusal."""
     if exc.code == "unreachable":  # not a ResultCode: test it before mapping the rest
+        if peer:
+            return FederationError(
+                ResultCode.no_route, f"{peer}'s node is not answering "
+                f"({exc.problem.get('reason') or exc.detail}); nothing was paid",
+                extra={"unreachable": peer})
         return FederationError(ResultCode.no_route, f"{what}: unreachable: {exc.detail}")
     if exc.status >= 500:
         # The peer failed, not this node: never our own 500. Another route may do.
@@ -382,7 +391,7 @@ class Federation:
         return outcome
 
     async def _store_and_log(self, record: PaymentRecord, signed: Signed, *,
-                             then: Signed | None = None) -> Outcome:
+                             then: Signed | None = None, memo: Memo | None = None) -> Outcome:
         """Store ``record``, then log ``signed`` (a hold it knows of): queued together, so
         that the writer commits both in one transaction — or, at the edge of a batch, the
         record first, as ``_store`` then ``_log`` would. One commit to wait for, not two.
@@ -395,7 +404,8 @@ class Federation:
         checks = [await self._check(e) for e in entries]
         assert self.node.writer is not None
         store = self._storing(record)
-        logged = [EventRequest(e, c) for e, c in zip(entries, checks)]
+        logged = [EventRequest(e, c, memo if e is signed else None)
+                  for e, c in zip(entries, checks)]
         self.node.writer.submit_all([store, *logged])
         await store.future
         self._stored(record)
@@ -726,9 +736,11 @@ class Federation:
         if expires_at - self.now() > self.cfg.max_hold_ms:
             raise FederationError(ResultCode.insufficient_time, "the hold would last too long")
 
-    async def pay(self, order_signed: Signed) -> dict[str, Any]:
+    async def pay(self, order_signed: Signed, memo: Memo | None = None) -> dict[str, Any]:
         """A member's payment to another collective: over the shortest routes first, a fresh
-        quote for each attempt, the next route only after a definite refusal."""
+        quote for each attempt, the next route only after a definite refusal. ``memo``, the
+        payer's, is kept beside the entry of each attempt's PREPARE (erasable; the order
+        carries no hash of it, so it stays here: the payer's history shows it)."""
         order = order_signed.msg
         assert isinstance(order, PaymentOrder)
         state = self.node.ledger
@@ -758,10 +770,14 @@ class Federation:
                 "no path of credit lines to the payee's collective has room for that amount"
                 if line is None and self._knows(order.payee_node) else
                 "this collective has no credit line with the payee's, nor a path to it")
+        # Answer by then, whatever happens (a client waits that long: ``payment_answer_ms``).
+        deadline = self.now() + payment_answer_ms(self.cfg)
         first: FederationError | None = None
         for route in candidates:
+            if first is not None and self.now() + self.cfg.margin_ms * route.hops >= deadline:
+                break  # no time for another attempt: the first refusal is the answer
             try:
-                return await self._attempt(order_signed, route)
+                return await self._attempt(order_signed, route, memo, deadline)
             except FederationError as exc:
                 if exc.code not in RETRY_ON_ANOTHER_ROUTE:
                     raise
@@ -771,7 +787,8 @@ class Federation:
         assert first is not None
         raise first
 
-    async def _attempt(self, order_signed: Signed, route: Route) -> dict[str, Any]:
+    async def _attempt(self, order_signed: Signed, route: Route, memo: Memo | None,
+                       deadline: int) -> dict[str, Any]:
         order = order_signed.msg
         assert isinstance(order, PaymentOrder)
         peer = route.nodes[1]
@@ -784,7 +801,8 @@ class Federation:
             answer = await self._peer_post(peer.key_id, "/v1/peer/quote", canonical_body(
                 order=order_signed, attempt=attempt_id, path=[k.text for k in path]))
         except TallyError as exc:
-            raise _peer_refusal(exc, "the payee's collective refused to quote") from exc
+            raise _peer_refusal(exc, "the payee's collective refused to quote",
+                                self._name_of(peer)) from exc
         quote_signed = parse_signed(answer["quote"], frozenset({"quote"}))
         quote = quote_signed.msg
         assert isinstance(quote, Quote)
@@ -818,7 +836,7 @@ class Federation:
             peer.key_id,
         )
         # The record no later than the hold: recovery finds it either way.
-        outcome = await self._store_and_log(record, prepare)
+        outcome = await self._store_and_log(record, prepare, memo=memo)
         if outcome.code not in (ResultCode.ok, ResultCode.exists):
             record.payment = sm.Payment(record.payment.id, sm.Role.source,
                                         record.payment.condition, outbound=sm.Out.voided,
@@ -828,7 +846,8 @@ class Federation:
             await self._store(record)
             raise FederationError(outcome.code, outcome.detail)
         self._spawn(self._drive_outbound(record))
-        timeout = (expires - self.now()) / 1000 + self.cfg.peer_timeout_ms / 1000 + 5
+        timeout = min(expires + self.cfg.peer_timeout_ms + ANSWER_SLACK_MS,
+                      deadline) / 1000 - self.now() / 1000
         # asyncio.timeout, not wait_for: no task of its own for each payment's wait.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -1604,6 +1623,41 @@ class Federation:
         loop's thread: no hop to a thread for a read of a few rows (``PointReader``)."""
         assert self.node.lookup is not None
         return self.node.lookup.rows(sql, params)
+
+    def far_end(self, attempt_id: str) -> tuple[dict[str, Any], str | None] | None:
+        """Who a member paid or was paid by across collectives, for their history: the
+        other member and collective as the PREPARE of ``attempt_id`` this node logged names
+        them, the collectives in between, and the payer's memo kept beside that entry.
+        None if no PREPARE of that attempt is in this log (a transfer here).
+
+        The payer's node read the order's payee and node key from the payer's signed order,
+        and checked that node's signed quote. The payee's node checks no signature of the
+        payer's: through a collective in between, the payer and collective are as the order
+        that collective relayed names them (``via`` says which vouches for it); directly,
+        the sending node, pinned by the line, signed the PREPARE carrying the order."""
+        rows = self._lookup(
+            "SELECT e.idx, l.entry, m.memo FROM events e JOIN log l ON l.idx = e.idx "
+            "LEFT JOIN memos m ON m.idx = e.idx WHERE e.id >= ? AND e.id < ? LIMIT 1",
+            (f"prepare/{attempt_id}/", f"prepare/{attempt_id}0"))
+        if not rows:
+            return None
+        _, entry, memo = rows[0]
+        p = parse_log_entry(json.loads(bytes(entry))).payload.msg
+        if not isinstance(p, Prepare) or not isinstance(p.order.msg, PaymentOrder):
+            return None
+        order = p.order.msg
+        parties = self.parties()
+        if p.from_node == self.key:  # we sent it: the payer is ours
+            nodes = (p.to_node, *p.path)
+            return {"member": order.payee, "collective": self._name_of(nodes[-1], parties),
+                    "via": [self._name_of(k, parties) for k in nodes[:-1]]}, memo
+        sender = self._name_of(p.from_node, parties)
+        line = self.line_with(p.from_node)
+        if line is not None and line.other(self.key).ledger == order.ledger:
+            return {"member": order.payer, "collective": sender, "via": []}, None
+        named = next((party["name"] for party in parties.values()
+                      if party.get("ledger") == order.ledger), None)
+        return {"member": order.payer, "collective": named, "via": [sender]}, None
 
     async def payment_status(self, order_id: str) -> list[dict[str, Any]]:
         db = self.node.reader

@@ -71,6 +71,9 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Memo": _obj({"text": {"type": "string", "maxLength": 1024},
                   "salt": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}),
+    "PaymentRequest": _obj(
+        {"order": _ref("SignedMessage"), "memo": _ref("Memo")}, required=["order"]
+    ),
     "TransferRequest": _obj(
         {"transfer": _ref("SignedTransfer"), "memo": _ref("Memo")}, required=["transfer"]
     ),
@@ -134,10 +137,22 @@ SCHEMAS: dict[str, Any] = {
         {
             "index": {"type": "integer"},
             "amount": INT,
-            "counterparty": HANDLE,
+            "counterparty": {"type": "string", "description": (
+                "the other member here; for a payment across collectives, the other "
+                "member's handle @ the adjacent collective, whose peer account it moved")},
             "id": ID,
             "node_time": TIME,
             "memo": {"type": ["string", "null"]},
+            "across": {"oneOf": [{"type": "null"}, _obj({
+                "member": HANDLE,
+                "collective": {"type": ["string", "null"],
+                               "description": "null if this node knows no collective of "
+                                              "the payer's ledger"},
+                "via": {"type": "array", "items": {"type": "string"},
+                        "description": "the collectives in between that this node knows"},
+            })], "description": (
+                "null for a transfer here; for a payment across collectives, the member and "
+                "collective at the far end as the payment order this node logged names them")},
         }
     ),
     "History": _obj(
@@ -165,6 +180,10 @@ SCHEMAS: dict[str, Any] = {
             "max_valid_window_seconds": {"type": "integer"},
             "request_skew_seconds": {"type": "integer"},
             "max_batch": {"type": "integer"},
+            "payment_answer_seconds": {
+                "type": "integer", "minimum": 1,
+                "description": "the longest POST /v1/payments waits before it answers (a "
+                               "receipt, a refusal, or 202 pending): wait at least this long"},
             "log_size": {"type": "integer"},
             "api_version": {"const": "v1"},
             "protocols": {"type": "array", "items": {"type": "integer", "minimum": 1}},
@@ -549,8 +568,13 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Pay a member of another collective (a payer-signed payment_order). "
                            "The answer is final: 201 with the receipt (fulfilment and the "
                            "payee's signed quote), or a problem with the refusal's code",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": _ref("SignedMessage")}}},
+                "requestBody": {
+                    "required": True,
+                    "description": "the signed payment_order, or {order, memo}: the memo is "
+                                   "kept beside this node's log only (erasable; the order "
+                                   "carries no hash of it and the payee's node never sees it)",
+                    "content": {"application/json": {"schema": {"oneOf": [
+                        _ref("SignedMessage"), _ref("PaymentRequest")]}}}},
                 "responses": {"201": _json("PaymentReceipt", "paid"),
                               "202": {"description": "still in flight when the node stopped "
                                                      "waiting: ask GET /v1/payments/{order}; "

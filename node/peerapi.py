@@ -25,11 +25,20 @@ from node.api import (
     verify_signed,
 )
 from node.federation import MAX_DECISIONS, canonical_body
+from node.intake import MEMO_SPEC, Memo
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
 from protocol.federation import Line, path_of_keys
-from protocol.messages import MessageError, check_fields, hex128, parse_signed, text
+from protocol.messages import (
+    MAX_MEMO_BYTES,
+    MessageError,
+    Signed,
+    check_fields,
+    hex128,
+    parse_signed,
+    text,
+)
 
 HEADER, SUPPORTED = protocol_version.HEADER, protocol_version.SUPPORTED
 LINE = frozenset({"line"})
@@ -186,15 +195,35 @@ def decision_list(field: str, value: Any) -> list[Any]:
 # --- members and stewards -------------------------------------------------------------------
 
 
+ORDER = frozenset({"payment_order"})
+
+
+def parse_payment(body: Any) -> tuple[Signed, Memo | None]:
+    """A ``POST /v1/payments`` body: the payer-signed order itself, or ``{"order", "memo"}``
+    with a memo ``{"text", "salt"}`` as for a transfer. The order has no memo hash (the
+    node-to-node protocol carries none), so the memo stays beside this node's log only."""
+    if not (isinstance(body, dict) and "order" in body):
+        return parse_signed(body, ORDER), None
+    fields = check_fields(body, {"order": lambda f, v: v, "memo": lambda f, v: v}, "body",
+                          optional_fields=frozenset({"memo"}))
+    order = parse_signed(fields["order"], ORDER, "body.order")
+    if fields["memo"] is None:
+        return order, None
+    m = check_fields(fields["memo"], MEMO_SPEC, "body.memo")
+    if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
+        raise MessageError(ResultCode.invalid_field,
+                           f"a memo may be at most {MAX_MEMO_BYTES} bytes", "body.memo")
+    return order, Memo(m["text"], bytes.fromhex(m["salt"]))
+
+
 async def post_payment(request: web.Request) -> web.Response:
     """A member pays a member of another collective: the answer is final — done with a
     receipt, or refused with a code — unless the node itself fails (then ask
     ``GET /v1/payments/{order}``, and never pay again on a mere timeout)."""
     node = request.app[NODE]
-    order = parse_signed(await read_json(request, node.config.api.max_body_bytes),
-                         frozenset({"payment_order"}))
+    order, memo = parse_payment(await read_json(request, node.config.api.max_body_bytes))
     limit_rate(request, order.sigs[0].key.text)
-    result = await _fed(request).pay(order)
+    result = await _fed(request).pay(order, memo)
     # 202: neither done nor refused yet (the node could not finish in time); not final.
     return web.json_response(result, status=202 if result["result"] == "pending" else 201)
 

@@ -134,10 +134,12 @@ def problem_response(problem: Problem, instance: str) -> web.Response:
 class FederationError(Exception):
     """A payment or line request refused; ``code`` is a ResultCode."""
 
-    def __init__(self, code: ResultCode, detail: str) -> None:
+    def __init__(self, code: ResultCode, detail: str,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.extra = extra or {}  # more members of the problem document
 
 
 def _code(value: str, fallback: ResultCode) -> ResultCode:
@@ -157,7 +159,7 @@ def translate(exc: BaseException) -> Problem | None:
     if isinstance(exc, MessageError):
         return Problem(exc.code, exc.message, field=exc.field)
     if isinstance(exc, FederationError):  # a payment, line or peer request refused
-        return Problem(exc.code, exc.detail)
+        return Problem(exc.code, exc.detail, extra=exc.extra)
     if isinstance(exc, GossipError):  # a gossiped item refused by the merge
         return Problem(exc.code, exc.message)
     if isinstance(exc, SignedRequestError):

@@ -647,10 +647,17 @@ class Node:
             nonlocal erased
             assert self.writer is not None
             unwritten = [p[1] for p in self.writer.unwritten_postings(handle)]
+            # The memos of the member's payments to other collectives sit beside the entries
+            # of their PREPAREs (``Federation.pay``), which the holds they made name.
+            prepares = [f"prepare/{h.key[:-len('/out')]}/{self.node_key.public.key_id}"
+                        for h in self.ledger.holds.values()
+                        if h.debit == handle and h.key.endswith("/out")]
             cur = await db.execute(
                 "DELETE FROM memos WHERE idx IN (SELECT idx FROM postings WHERE handle = ?) "
-                f"OR idx IN ({','.join('?' * len(unwritten))})",
-                (handle, *unwritten),
+                f"OR idx IN ({','.join('?' * len(unwritten))}) "
+                f"OR idx IN (SELECT idx FROM events WHERE id IN "
+                f"({','.join('?' * len(prepares))}))",
+                (handle, *unwritten, *prepares),
             )
             erased = cur.rowcount
 

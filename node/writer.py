@@ -570,10 +570,9 @@ class Writer:
                         held.setdefault(handle, []).append(row)
                     else:
                         postings.append(row)
-                if isinstance(msg, Transfer):
-                    if memo is not None:
-                        memos.append((index, memo.salt, memo.text))
-                elif isinstance(msg, SetStewards):
+                if memo is not None:  # a transfer's, or a payment order's by its PREPARE
+                    memos.append((index, memo.salt, memo.text))
+                if isinstance(msg, SetStewards):
                     stewards_changed = True
                 elif msg.type == "line":
                     lines_changed.add(event_id)

@@ -980,14 +980,14 @@ async def test_a_source_stopped_before_holding_resumes_the_payment_on_both_books
     original = a.fed._store_and_log
     stopped: list[str] = []
 
-    async def stop_before_the_hold(record: Any, signed: Signed) -> Any:
+    async def stop_before_the_hold(record: Any, signed: Signed, **kwargs: Any) -> Any:
         # The record and the hold are queued together; at the edge of a batch the record
         # may be committed alone: the node stops right then.
         if isinstance(signed.msg, Prepare) and not stopped:
             stopped.append(signed.msg.id)
             await a.fed._store(record)
             raise RuntimeError("the node stops here")
-        return await original(record, signed)
+        return await original(record, signed, **kwargs)
 
     monkeypatch.setattr(a.fed, "_store_and_log", stop_before_the_hold)
     order_ids = capture_order_ids(monkeypatch)
