@@ -29,6 +29,8 @@ import yarl
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import PublicKey, SecretKey, b64url
+from crypto.note import format_verifier_key
+from node.checkpoints import log_origin
 from protocol import version as protocol_version
 from protocol.federation import Line, LineSettlement, Party, PaymentOrder
 from protocol.ledger import memo_hash
@@ -95,6 +97,12 @@ class NodeInfo:
             default_credit_limit=doc["defaults"]["credit_limit"],
             raw=doc,
         )
+
+    @property
+    def log_key(self) -> str:
+        """The note verifier key the node's log is signed with (as ``/log/vkey`` serves it):
+        fixed for the life of the ledger, by its id and the node key its genesis names."""
+        return format_verifier_key(log_origin(self.ledger_id), 0x01, self.node_key.raw)
 
 
 def transfer_body(
