@@ -2,9 +2,9 @@
 
 Layer: node. A thin shell over ``node.service`` (operators) and ``node.client`` (stewards and
 members). Logging is configured here and nowhere else. Every command that talks to a node
-takes ``--node URL`` and ``--home DIR`` and remembers them, and prints JSON with ``--json``.
-Each checks first that the node serves the ledger the home met at that URL before
-(``node.home.Home.check_ledger``); ``--accept-ledger ID`` moves to a new one.
+takes ``--node URL`` and ``--home DIR``, remembers the URL once the command succeeded, and
+prints JSON with ``--json``. Each checks first that the node serves the ledger the home met at
+that URL before (``node.home.Home.check_ledger``); ``--accept-ledger ID`` moves to a new one.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ HINTS = {
     "exceeds_debit_limit": "Your balance with this payment would pass your debit limit; "
     "see `tally balance`.",
     "exceeds_credit_limit": "The payee cannot hold that much more; pay a smaller amount.",
-    "unknown_signer": "This key is not admitted here. Show it with `tally key show` and ask a "
-    "steward to run `tally member admit HANDLE KEY`.",
+    "unknown_signer": "This key is not admitted at {url}. If that is not your collective's "
+    "node, give the right one with --node URL; otherwise show your key with `tally key show` "
+    "and ask a steward there to run `tally member admit HANDLE KEY`.",
     "exceeds_line_limit": "The credit line between the two collectives is used up for now; "
     "pay less, or wait until payments the other way free it.",
     "no_route": "Your collective has no credit line with that one: `tally peer list`.",
@@ -186,8 +187,10 @@ async def with_client(
     async with TallyClient(url, key) as client:
         info = await client.info()
         check_ledger(args, home, url, info)
-        home.remember(node=url)
         await fn(client, info, home)
+    # Only now: a URL that answered but refused (another collective's node, a mistyped
+    # port) must not become where every later command goes.
+    home.remember(node=url)
 
 
 async def my_handle(args: argparse.Namespace, client: TallyClient, home: Home) -> str:
@@ -1013,7 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
         opts = argparse.ArgumentParser(add_help=False)
         opts.add_argument(
             "--node", metavar="URL",
-            help=f"the node's URL (remembered; default {DEFAULT_NODE})")
+            help="the node's URL (default: the last one a command succeeded with, else "
+            f"{DEFAULT_NODE}; " + ("remembered once the command succeeds)" if remembered
+                                   else "not remembered by this command)"))
         opts.add_argument("--home", metavar="DIR",
                           help="your key and settings (default ~/.tally or $TALLY_HOME)")
         opts.add_argument("--json", action="store_true", help="print JSON")
@@ -1273,7 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tally: {exc}", file=sys.stderr)
         return 1
     except TallyError as exc:
-        hint = HINTS.get(exc.code, "")
+        hint = HINTS.get(exc.code, "").format(url=exc.url or "this node")
         print(f"tally: refused ({exc.code}): {exc.detail}", file=sys.stderr)
         if hint:
             print(f"  {hint}", file=sys.stderr)

@@ -52,12 +52,14 @@ from protocol.messages import (
 class TallyError(Exception):
     """The node refused a request (``code`` is its stable result code), or could not be reached."""
 
-    def __init__(self, code: str, detail: str, status: int = 0, problem: dict[str, Any] | None = None) -> None:
+    def __init__(self, code: str, detail: str, status: int = 0,
+                 problem: dict[str, Any] | None = None, url: str = "") -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.status = status
         self.problem = problem or {}
+        self.url = url  # the node that refused, or could not be reached
         self.order_id: str | None = None  # set for payments across collectives
 
 
@@ -241,13 +243,15 @@ class TallyClient:
                 except ValueError:
                     doc = None
                 if isinstance(doc, dict) and "code" in doc:
-                    raise TallyError(doc["code"], doc.get("detail", ""), status, doc)
-                raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status)
+                    raise TallyError(doc["code"], doc.get("detail", ""), status, doc, self.url)
+                raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status,
+                                 url=self.url)
             return status, raw
         raise TallyError(
             "unreachable",
             f"could not reach the node at {self.url} ({last}); "
             "check the URL and that the node is running",
+            url=self.url,
         )
 
     async def protocol(self) -> int:

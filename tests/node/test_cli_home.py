@@ -6,6 +6,7 @@
   way; a node that claims the pinned ledger's id under another log key is refused outright.
   Homes written before this (only `node` and `handle` in client.json, pins under logs/) keep
   their pins.
+- `--node` is remembered only once a command succeeded, and "not admitted" names the URL.
 
 Nodes here are in-process (aiohttp's test server), restarted on one port to stand for "the
 node behind the URL was replaced"; the CLI runs in a thread (it runs its own event loop).
@@ -71,6 +72,17 @@ async def pay(served: Served, payer: str, payee: str, amount: int, key: SecretKe
     async with TallyClient(served.url, retries=0) as client:
         body = transfer_body(key, served.ledger_id, payer, payee, amount)
         assert (await client.submit_transfer(body))["result"] == "ok"
+
+
+async def covered(served: Served) -> None:
+    """Wait until a signed checkpoint covers the whole log (what an audit checks against)."""
+    cp = served.node.checkpointer
+    assert cp is not None
+    for _ in range(1000):
+        if cp.latest is not None and cp.latest.checkpoint.size >= served.node.ledger.size:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no checkpoint covers the log")
 
 
 def run_cli(argv: list[str]) -> int:
@@ -255,3 +267,40 @@ async def test_a_home_used_with_two_collectives_on_purpose_keeps_both(
 async def node_info(served: Served) -> NodeInfo:
     async with TallyClient(served.url, retries=0) as client:
         return await client.info()
+
+
+# --- 2. --node is remembered only after success -------------------------------------------------
+
+
+async def test_a_node_that_refuses_is_not_remembered_and_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    members: tuple[Path, dict[str, SecretKey]],
+) -> None:
+    home, keys = members
+    ours = await serve(tmp_path / "hill", members=keys)
+    theirs = await serve(tmp_path / "green", name="Greenway", members={"bea": keys["dee"]})
+    try:
+        code, _, err = await cli(capsys, "balance", "--home", str(home), "--node", ours.url)
+        assert code == 0, err
+        code, _, err = await cli(capsys, "verify", "--home", str(home), "--node", theirs.url)
+        assert code == 1
+        assert f"This key is not admitted at {theirs.url}." in err, err
+        assert client_json(home)["node"] == ours.url
+        code, out, err = await cli(capsys, "balance", "--home", str(home))
+        assert code == 0, err
+        assert out.startswith("cy ")
+
+        # An audit takes --node for this time only, as its help says.
+        code, out, _ = await cli(capsys, "audit", "--help")
+        assert "not remembered by this command" in " ".join(out.split())
+        steward = read_key_file(tmp_path / "green" / "steward.key")[1]
+        async with theirs.node_client() as client:
+            await client.admit("cyg", keys["cy"].public, [steward], 10, 10)
+        await covered(theirs)
+        code, out, err = await cli(capsys, "audit", "--home", str(home), "--node", theirs.url)
+        assert code == 0, out + err
+        assert "AUDIT PASSED" in out
+        assert client_json(home)["node"] == ours.url
+    finally:
+        await ours.server.close()
+        await theirs.server.close()
