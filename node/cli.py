@@ -5,6 +5,7 @@ members). Logging is configured here and nowhere else. Every command that talks 
 takes ``--node URL`` and ``--home DIR``, remembers the URL once the command succeeded, and
 prints JSON with ``--json``. Each checks first that the node serves the ledger the home met at
 that URL before (``node.home.Home.check_ledger``); ``--accept-ledger ID`` moves to a new one.
+A closed output pipe (``tally history --csv | head``) ends a command quietly, with status 141.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -1260,6 +1262,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll(2) reports POLLERR on its write
+    end then)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or no real file descriptor
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1274,6 +1289,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe is noticed here, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe or socket: a bug to see, not to hide
+        # Whoever read the output (`tally history --csv | head`) has stopped reading: end
+        # quietly, as a command killed by SIGPIPE would, with its status 128 + 13 = 141
+        # (Python ignores SIGPIPE, so it arrives as this error). stdout goes to /dev/null so
+        # the interpreter's last flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except CliError as exc:
         print(f"tally: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""What a member's home remembers between `tally` commands.
+"""What a member's home remembers between `tally` commands, and how the CLI ends.
 
 - The home pins the ledger it met at each node URL: a node there that later serves another
   ledger (a fresh `node init`, another collective) is refused by every command until the
@@ -7,6 +7,7 @@
   Homes written before this (only `node` and `handle` in client.json, pins under logs/) keep
   their pins.
 - `--node` is remembered only once a command succeeded, and "not admitted" names the URL.
+- A closed output pipe ends a command quietly (status 141), not with a traceback.
 
 Nodes here are in-process (aiohttp's test server), restarted on one port to stand for "the
 node behind the URL was replaced"; the CLI runs in a thread (it runs its own event loop).
@@ -18,6 +19,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ CONFIG = Config(
     log=LogSettings(checkpoint_delay_ms=100),
     api=ApiSettings(rate_per_key_per_second=1e6, rate_burst=1_000_000),
 )
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -304,3 +307,41 @@ async def test_a_node_that_refuses_is_not_remembered_and_is_named(
     finally:
         await ours.server.close()
         await theirs.server.close()
+
+
+# --- 3. a closed output pipe --------------------------------------------------------------------
+
+
+async def run_into_closed_pipe(*argv: str) -> tuple[int, str]:
+    """Run `tally ARGV` in its own process with stdout a pipe whose reader is already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "node", *argv, stdout=write_end,
+            stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, env=env)
+    finally:
+        os.close(write_end)
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_a_closed_output_pipe_ends_quietly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    members: tuple[Path, dict[str, SecretKey]],
+) -> None:
+    home, keys = members
+    hill = await serve(tmp_path / "hill", members=keys)
+    try:
+        for n in range(3):
+            await pay(hill, "dee", "cy", 1 + n, keys["dee"])
+        for argv in (["history", "--csv"], ["history"], ["balance", "--json"],
+                     ["key", "show"]):
+            code, err = await run_into_closed_pipe(*argv, "--home", str(home),
+                                                   *(["--node", hill.url] if argv[0] != "key"
+                                                     else []))
+            assert (code, err) == (141, ""), argv
+    finally:
+        await hill.server.close()
