@@ -2,7 +2,10 @@
 
 Layer: node. A thin shell over ``node.service`` (operators) and ``node.client`` (stewards and
 members). Logging is configured here and nowhere else. Every command that talks to a node
-takes ``--node URL`` and ``--home DIR`` and remembers them, and prints JSON with ``--json``.
+takes ``--node URL`` and ``--home DIR``, remembers the URL once the command succeeded, and
+prints JSON with ``--json``. Each checks first that the node serves the ledger the home met at
+that URL before (``node.home.Home.check_ledger``); ``--accept-ledger ID`` moves to a new one.
+A closed output pipe (``tally history --csv | head``) ends a command quietly, with status 141.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC
@@ -21,7 +25,15 @@ from typing import Any, Literal
 from crypto.keys import KeyFormatError, PublicKey, SecretKey, read_key_file
 from node.client import NodeInfo, TallyClient, TallyError
 from node.config import ConfigError, default_data_dir, load_config, parse_listen
-from node.home import DEFAULT_NODE, Home, default_home
+from node.home import (
+    DEFAULT_NODE,
+    SHORT,
+    AcceptMismatch,
+    Home,
+    LedgerChanged,
+    LedgerSeen,
+    default_home,
+)
 from node.service import STEWARD_KEY, InitError, is_initialised
 from protocol.messages import Signed, Unit, parse_signed, sign_message
 from protocol.units import AmountError, format_amount, parse_amount
@@ -37,8 +49,9 @@ HINTS = {
     "exceeds_debit_limit": "Your balance with this payment would pass your debit limit; "
     "see `tally balance`.",
     "exceeds_credit_limit": "The payee cannot hold that much more; pay a smaller amount.",
-    "unknown_signer": "This key is not admitted here. Show it with `tally key show` and ask a "
-    "steward to run `tally member admit HANDLE KEY`.",
+    "unknown_signer": "This key is not admitted at {url}. If that is not your collective's "
+    "node, give the right one with --node URL; otherwise show your key with `tally key show` "
+    "and ask a steward there to run `tally member admit HANDLE KEY`.",
     "exceeds_line_limit": "The credit line between the two collectives is used up for now; "
     "pay less, or wait until payments the other way free it.",
     "no_route": "Your collective has no credit line with that one: `tally peer list`.",
@@ -118,6 +131,54 @@ def amount_arg(text: str, unit: Unit, what: str) -> int:
         raise CliError(f"{what}: {exc}") from exc
 
 
+def _short(ledger_id: str) -> str:
+    return ledger_id[:SHORT]
+
+
+def check_ledger(args: argparse.Namespace, home: Home, url: str, info: NodeInfo,
+                 *, record: bool = True) -> None:
+    """Refuse a node that serves another ledger than the one this home met at ``url`` (a
+    replaced or swapped node could show an empty history that "checks out")."""
+    accept: str | None = getattr(args, "accept_ledger", None)
+    served = LedgerSeen(info.ledger_id, info.name, info.log_key)
+    try:
+        outcome = home.check_ledger(url, served, accept=accept, record=record)
+    except AcceptMismatch as exc:
+        serves = f"the node at {url} serves ledger {_short(info.ledger_id)}… ({info.name!r})"
+        if accept is not None and len(accept) < SHORT:
+            raise CliError(f"--accept-ledger {accept!r} is too short: give at least {SHORT} "
+                           f"characters of the ledger id your stewards confirm ({serves})"
+                           ) from exc
+        raise CliError(f"--accept-ledger {accept}: {serves}, whose id does not start so; "
+                       "nothing was accepted. Check the id with your stewards, and the URL "
+                       "(--node URL)") from exc
+    except LedgerChanged as exc:
+        if exc.same_id:
+            raise CliError(
+                f"the node at {url} serves ledger {_short(info.ledger_id)}… ({info.name!r}) as "
+                f"before, but its log is signed with another key ({info.log_key}) than the one "
+                f"pinned for it ({exc.pinned_key}). A ledger's log key never changes: this is "
+                "not the same log, and nothing else was sent to it. Do not trust its answers: "
+                "check the URL with your stewards (--node URL) and tell them."
+            ) from exc
+        was = (f"{_short(exc.before[0])}… ({exc.before_name!r})" if len(exc.before) == 1
+               and exc.before_name else ", ".join(f"{_short(b)}…" for b in exc.before))
+        again = (" (this home used that ledger before)"
+                 if info.ledger_id in home.pinned_ledgers() else "")
+        raise CliError(
+            f"the node at {url} now serves another ledger: {_short(info.ledger_id)}… "
+            f"({info.name!r}){again}, not {was}, the one this home used there. A node with a "
+            "replaced ledger shows other balances and history, so nothing else was sent to it.\n"
+            "  If the URL is wrong, give the right one with --node URL. If your stewards "
+            "confirm that your collective really moved to a new ledger, check its id with "
+            "them and accept it once, by running this command again with\n"
+            f"    --node {url} --accept-ledger {_short(info.ledger_id)}"
+        ) from exc
+    if outcome == "accepted":
+        print(f"tally: this home now uses ledger {_short(info.ledger_id)}… ({info.name!r}) "
+              f"at {url}", file=sys.stderr)
+
+
 async def with_client(
     args: argparse.Namespace,
     fn: Callable[[TallyClient, NodeInfo, Home], Awaitable[None]],
@@ -127,21 +188,24 @@ async def with_client(
     url = node_url(args, home)
     async with TallyClient(url, key) as client:
         info = await client.info()
-        home.remember(node=url)
+        check_ledger(args, home, url, info)
         await fn(client, info, home)
+    # Only now: a URL that answered but refused (another collective's node, a mistyped
+    # port) must not become where every later command goes.
+    home.remember(node=url)
 
 
 async def my_handle(args: argparse.Namespace, client: TallyClient, home: Home) -> str:
     explicit: str | None = getattr(args, "as_handle", None)
     if explicit:
         return explicit
-    settings = home.settings()
-    if settings.get("handle") and settings.get("node") == client.url:
-        return str(settings["handle"])
+    known = home.handle_at(client.url)
+    if known:
+        return known
     me = await client.whoami()
     if not me.get("handle"):
         raise CliError("this key is not a member's: ask a steward to admit it (`tally key show`)")
-    home.remember(handle=me["handle"])
+    home.remember_handle(client.url, me["handle"])
     return str(me["handle"])
 
 
@@ -737,7 +801,11 @@ def cmd_audit(args: argparse.Namespace) -> None:
         else:
             home = home_of(args)
             key = home.key() if home.has_key() else None
-            async with TallyClient(node_url(args, home), key) as client:
+            url = node_url(args, home)
+            async with TallyClient(url, key) as client:
+                # Checked against what this home met at the URL, but never recorded: an
+                # audit of any node leaves the home as it was.
+                check_ledger(args, home, url, await client.info(), record=False)
                 report = await audit_log(
                     http_source(client),
                     vkey=args.vkey,
@@ -1071,12 +1139,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    client_opts = argparse.ArgumentParser(add_help=False)
-    client_opts.add_argument("--node", metavar="URL",
-                             help=f"the node's URL (remembered; default {DEFAULT_NODE})")
-    client_opts.add_argument("--home", metavar="DIR",
-                             help="your key and settings (default ~/.tally or $TALLY_HOME)")
-    client_opts.add_argument("--json", action="store_true", help="print JSON")
+    def client_parent(remembered: bool) -> argparse.ArgumentParser:
+        opts = argparse.ArgumentParser(add_help=False)
+        opts.add_argument(
+            "--node", metavar="URL",
+            help="the node's URL (default: the last one a command succeeded with, else "
+            f"{DEFAULT_NODE}; " + ("remembered once the command succeeds)" if remembered
+                                   else "not remembered by this command)"))
+        opts.add_argument("--home", metavar="DIR",
+                          help="your key and settings (default ~/.tally or $TALLY_HOME)")
+        opts.add_argument("--json", action="store_true", help="print JSON")
+        opts.add_argument(
+            "--accept-ledger", metavar="ID",
+            help="the home pins the ledger it first met at each node URL, and refuses a node "
+            "there that serves another; if your collective really moved to a new ledger, "
+            f"accept it with the start of its id (at least {SHORT} characters; ask your "
+            "stewards)" + ("" if remembered else " (checked, not recorded, by this command)"))
+        return opts
+
+    client_opts = client_parent(remembered=True)
     steward_opts = argparse.ArgumentParser(add_help=False)
     steward_opts.add_argument("--steward-key", metavar="FILE", action="append",
                               help="a steward key file (repeat for k-of-n; default: the "
@@ -1288,7 +1369,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "/v1/log/checkpoint); repeat for several. Given keys replace the ones the "
                    "node reports, which a dishonest node could make up")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("audit", parents=[client_opts],
+    p = sub.add_parser("audit", parents=[client_parent(remembered=False)],
                        help="check a whole log: signatures, tree, tiles, and every balance "
                        "replayed from empty")
     p.add_argument("--dir", metavar="DIR", help="audit a log saved with --save, offline")
@@ -1323,6 +1404,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll(2) reports POLLERR on its write
+    end then)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll(), or no real file descriptor
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1337,11 +1431,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe is noticed here, not at exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # some other pipe or socket: a bug to see, not to hide
+        # Whoever read the output (`tally history --csv | head`) has stopped reading: end
+        # quietly, as a command killed by SIGPIPE would, with its status 128 + 13 = 141
+        # (Python ignores SIGPIPE, so it arrives as this error). stdout goes to /dev/null so
+        # the interpreter's last flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except CliError as exc:
         print(f"tally: {exc}", file=sys.stderr)
         return 1
     except TallyError as exc:
-        hint = HINTS.get(exc.code, "")
+        hint = HINTS.get(exc.code, "").format(url=exc.url or "this node")
         print(f"tally: refused ({exc.code}): {exc.detail}", file=sys.stderr)
         if hint:
             print(f"  {hint}", file=sys.stderr)

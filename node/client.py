@@ -29,6 +29,8 @@ import yarl
 from crypto.canonical import canonical_json
 from crypto.httpsig import sign_request
 from crypto.keys import PublicKey, SecretKey, b64url
+from crypto.note import format_verifier_key
+from node.checkpoints import log_origin
 from protocol import version as protocol_version
 from protocol.federation import Line, LineSettlement, Party, PaymentOrder
 from protocol.ledger import memo_hash
@@ -50,12 +52,14 @@ from protocol.messages import (
 class TallyError(Exception):
     """The node refused a request (``code`` is its stable result code), or could not be reached."""
 
-    def __init__(self, code: str, detail: str, status: int = 0, problem: dict[str, Any] | None = None) -> None:
+    def __init__(self, code: str, detail: str, status: int = 0,
+                 problem: dict[str, Any] | None = None, url: str = "") -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.status = status
         self.problem = problem or {}
+        self.url = url  # the node that refused, or could not be reached
         self.order_id: str | None = None  # set for payments across collectives
 
 
@@ -100,6 +104,12 @@ class NodeInfo:
             default_credit_limit=doc["defaults"]["credit_limit"],
             raw=doc,
         )
+
+    @property
+    def log_key(self) -> str:
+        """The note verifier key the node's log is signed with (as ``/log/vkey`` serves it):
+        fixed for the life of the ledger, by its id and the node key its genesis names."""
+        return format_verifier_key(log_origin(self.ledger_id), 0x01, self.node_key.raw)
 
 
 def transfer_body(
@@ -244,8 +254,9 @@ class TallyClient:
                 except ValueError:
                     doc = None
                 if isinstance(doc, dict) and "code" in doc:
-                    raise TallyError(doc["code"], doc.get("detail", ""), status, doc)
-                raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status)
+                    raise TallyError(doc["code"], doc.get("detail", ""), status, doc, self.url)
+                raise TallyError("http_error", f"HTTP {status} from {self.url}{path}", status,
+                                 url=self.url)
             return status, raw
         # A timeout has no message of its own: say how long we waited.
         reason = str(last) or (f"no answer within {timeout or self.timeout:g} s"
@@ -254,6 +265,7 @@ class TallyClient:
             "unreachable",
             f"could not reach the node at {self.url} ({reason}); "
             "check the URL and that the node is running", problem={"reason": reason},
+            url=self.url,
         )
 
     async def protocol(self) -> int:
