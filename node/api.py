@@ -356,11 +356,17 @@ async def list_accounts(request: web.Request) -> web.Response:
             "this collective keeps balances private: only stewards may list accounts",
         )
     assert node.reader is not None
+    # One statement, so one snapshot: the balances and the log size they reflect (an
+    # auditor compares them with a replay of exactly that many entries).
+    columns = ", ".join(f"a.{c.strip()}" for c in storage.ACCOUNT_COLUMNS.split(","))
     async with node.reader.execute(
-        f"SELECT {storage.ACCOUNT_COLUMNS} FROM accounts ORDER BY handle"
+        f"SELECT n.size, {columns} FROM (SELECT COALESCE(MAX(idx) + 1, 0) AS size FROM log) n "
+        "LEFT JOIN accounts a ORDER BY a.handle"
     ) as cur:
-        accounts = [storage.account_from_row(row).to_json() for row in await cur.fetchall()]
-    return web.json_response({"accounts": accounts})
+        rows = list(await cur.fetchall())
+    accounts = [storage.account_from_row(row[1:]).to_json()
+                for row in rows if row[1] is not None]
+    return web.json_response({"accounts": accounts, "log_size": int(rows[0][0])})
 
 
 async def _account_or_404(node: Node, handle: str) -> dict[str, Any]:

@@ -809,7 +809,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
                 report = await audit_log(
                     http_source(client),
                     vkey=args.vkey,
-                    served_accounts=client.accounts if key is not None else None,
+                    served_accounts=client.accounts_at if key is not None else None,
                     save=Path(args.save) if args.save else None,
                     progress=sys.stderr.isatty(),
                 )

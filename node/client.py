@@ -358,6 +358,12 @@ class TallyClient:
     async def accounts(self) -> list[dict[str, Any]]:
         return (await self._request("GET", "/v1/accounts", signed=True))[1]["accounts"]  # type: ignore[no-any-return]
 
+    async def accounts_at(self) -> dict[str, Any]:
+        """``{"accounts": [...], "log_size": n}``: every account, and the log size their
+        balances reflect (``tally audit`` compares them with a replay of that many)."""
+        _, doc = await self._request("GET", "/v1/accounts", signed=True)
+        return doc  # type: ignore[no-any-return]
+
     async def history_page(
         self, handle: str, cursor: int | None = None, limit: int = 100
     ) -> dict[str, Any]:

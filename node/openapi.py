@@ -132,7 +132,10 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["open", "closed"]},
         }
     ),
-    "AccountList": _obj({"accounts": {"type": "array", "items": _ref("Account")}}),
+    "AccountList": _obj({"accounts": {"type": "array", "items": _ref("Account")},
+                         "log_size": {"type": "integer", "minimum": 1,
+                                      "description": "the log entries these balances reflect "
+                                                     "(read in one snapshot with them)"}}),
     "Posting": _obj(
         {
             "index": {"type": "integer"},
