@@ -55,9 +55,12 @@ HINTS = {
     "exceeds_line_limit": "The credit line between the two collectives is used up for now; "
     "pay less, or wait until payments the other way free it.",
     "no_route": "Your collective has no credit line with that one: `tally peer list`.",
-    "account_not_found": "Check the handle; `tally balance --all` lists accounts.",
-    "not_enough_steward_signatures": "Sign with more steward keys (--steward-key, repeatable), "
-    "or save the act with --out and collect signatures with `tally act sign`.",
+    "account_not_found": "Check the handle; `tally balance --all` lists the accounts of your "
+    "own collective.",
+    "not_enough_steward_signatures": "Each --steward-key must be the key of a steward of this "
+    "collective (not the node's key, nor a member's: the operator's is steward.key in the "
+    "node's data directory). Sign with more steward keys (--steward-key, repeatable), or save "
+    "the act with --out and collect signatures with `tally act sign`.",
     "stale_request": "This machine's clock is off; fix it (e.g. enable NTP) and retry.",
     "expired": "The signed request expired before it reached the node; retry.",
     "unreachable": "Is the node running? Start one with `tally node run`, or pass --node URL.",

@@ -483,3 +483,20 @@ async def test_audit_of_a_saved_directory_works_with_the_node_stopped(
     code, out, err = await cli(capsys, "audit", "--dir", str(saved), "--vkey", vkey)
     assert code == 1
     assert "AUDIT FAILED" in out and f"entry {size - 2} does not match" in out
+
+
+async def test_a_steward_act_signed_with_a_key_that_is_no_stewards_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The node's own key (or a member's) passed as --steward-key: "needs the signatures of
+    # 1 steward(s)" alone left the operator guessing which key to give.
+    async with collective(tmp_path) as coop:
+        newcomer = SecretKey.from_random(bytes(range(7, 39))).public.text
+        code, out, err = await cli(
+            capsys, "member", "admit", "zed", newcomer, "--node", coop.url,
+            "--home", str(tmp_path / "op"),
+            "--steward-key", str(coop.node.data_dir / "node.key"))
+        assert code == 1
+        assert "not_enough_steward_signatures" in err
+        assert "not the node's key, nor a member's" in err and "steward.key" in err
+        assert "zed" not in {a.handle for a in coop.node.ledger.accounts.values()}
