@@ -1266,7 +1266,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "by `tally peer list`, or its node key)")
     p.add_argument("amount", help="in the payee's collective's unit, e.g. 1.5 (hours)")
     p.add_argument("--max", metavar="X", help="across collectives: the most it may cost you, "
-                   "in your unit (default: the amount at the line's rate)")
+                   "in your unit (default: what the cheapest route costs now, rounded up at each hop)")
     p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash). "
                    "To another collective: kept by your node only, not sent to theirs")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help="your handle, if not known")
