@@ -35,7 +35,7 @@ from node.home import (
     default_home,
 )
 from node.service import STEWARD_KEY, InitError, is_initialised
-from protocol.messages import Signed, Unit, parse_signed, sign_message
+from protocol.messages import HANDLE_RE, Signed, Unit, parse_signed, sign_message
 from protocol.units import AmountError, format_amount, parse_amount
 
 log = logging.getLogger("tally")
@@ -132,6 +132,38 @@ def amount_arg(text: str, unit: Unit, what: str) -> int:
         return parse_amount(text, unit)
     except AmountError as exc:
         raise CliError(f"{what}: {exc}") from exc
+
+
+def payment_amount(text: str, unit: Unit) -> int:
+    """A payment's amount: more than zero, said in the unit it is counted in."""
+    amount = amount_arg(text, unit, "amount")
+    if amount <= 0:
+        raise CliError(f"amount: pay more than zero; the smallest amount is "
+                       f"{format_amount(1, unit)}")
+    return amount
+
+
+def payee_arg(text: str) -> tuple[str, str | None]:
+    """``HANDLE`` or ``HANDLE@COLLECTIVE``, checked before anything is sent."""
+    handle, at, where = text.partition("@")
+    if at and not where:
+        raise CliError(f"{text!r}: say which collective after the @, e.g. {handle or 'bea'}"
+                       "@greenway (its name as `tally peer list` shows it, or its node key)")
+    if not HANDLE_RE.match(handle):
+        raise CliError(f"{handle!r} is not a member's handle: 1 to 32 of a-z, 0-9, _ . and -, "
+                       "starting with a letter or digit (handles are lower case)")
+    return handle, (where if at else None)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _short(ledger_id: str) -> str:
@@ -574,7 +606,7 @@ async def _pay_across(args: argparse.Namespace, client: TallyClient, info: NodeI
         raise
     collective = found["collective"]
     their_unit = Unit(**collective["unit"])
-    amount = amount_arg(args.amount, their_unit, "amount")
+    amount = payment_amount(args.amount, their_unit)
     options = (await client.routes(collective["node_key"], amount)).get("routes", [])
     if not options:
         raise CliError(f"no path of active credit lines reaches {collective['name']} now; "
@@ -647,12 +679,13 @@ def cmd_pay(args: argparse.Namespace) -> None:
     home = home_of(args)
     key = member_key(home)
 
+    payee, where = payee_arg(args.payee)
+
     async def run(client: TallyClient, info: NodeInfo, home: Home) -> None:
-        if "@" in args.payee:
-            payee, _, where = args.payee.partition("@")
+        if where is not None:
             await _pay_across(args, client, info, home, payee, where)
             return
-        amount = amount_arg(args.amount, info.unit, "amount")
+        amount = payment_amount(args.amount, info.unit)
         payer = await my_handle(args, client, home)
         receipt = await client.pay(payer, args.payee, amount, memo=args.memo)
         word = "Paid" if receipt["result"] == "ok" else "Already paid"
@@ -1266,7 +1299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "by `tally peer list`, or its node key)")
     p.add_argument("amount", help="in the payee's collective's unit, e.g. 1.5 (hours)")
     p.add_argument("--max", metavar="X", help="across collectives: the most it may cost you, "
-                   "in your unit (default: what the cheapest route costs now, rounded up at each hop)")
+                   "in your unit (default: what the cheapest route costs now, rounded up at "
+                   "each hop)")
     p.add_argument("--memo", help="what it is for (erasable; the log keeps only a hash). "
                    "To another collective: kept by your node only, not sent to theirs")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help="your handle, if not known")
@@ -1289,7 +1323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("history", parents=[client_opts], help="your transfers, newest first")
     p.add_argument("handle", nargs="?")
     p.add_argument("--csv", action="store_true", help="CSV for a spreadsheet")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N postings")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="at most N postings")
     p.add_argument("--as", dest="as_handle", metavar="HANDLE", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_history)
 

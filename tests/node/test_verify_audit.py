@@ -500,3 +500,25 @@ async def test_a_steward_act_signed_with_a_key_that_is_no_stewards_says_so(
         assert "not_enough_steward_signatures" in err
         assert "not the node's key, nor a member's" in err and "steward.key" in err
         assert "zed" not in {a.handle for a in coop.node.ledger.accounts.values()}
+
+
+async def test_a_payment_the_cli_can_tell_is_wrong_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # From a hostile test: these reached the node and came back as "msg.payee: must be
+    # 1-32 of a-z ...", "say which collective: ?to=NAME", "amount must be at least 1" (in
+    # no unit), or, for --limit 0, "No transfers yet".
+    async with collective(tmp_path) as coop:
+        home = str(make_home(tmp_path / "alice", coop.alice))
+        at = ["--home", home, "--node", coop.url]
+        size = coop.node.ledger.size
+        code, out, err = await cli(capsys, "pay", "BOB", "1", *at)
+        assert code == 1 and "'BOB' is not a member's handle" in err and "lower case" in err
+        code, out, err = await cli(capsys, "pay", "bob@", "1", *at)
+        assert code == 1 and "say which collective after the @, e.g. bob@greenway" in err
+        code, out, err = await cli(capsys, "pay", "bob", "0", *at)
+        assert code == 1 and "pay more than zero; the smallest amount is" in err, err
+        assert "hours" in err  # said in the collective's unit
+        code, out, err = await cli(capsys, "history", "--limit", "0", *at)
+        assert code == 2 and "must be at least 1, not 0" in err
+        assert coop.node.ledger.size == size  # nothing reached the ledger
