@@ -133,16 +133,20 @@ class Home:
         return record
 
     def pinned_log_key(self, ledger_id: str) -> str | None:
-        """The log key `tally verify` pinned for ``ledger_id`` (``logs/<id>/vkey``), if any."""
-        path = self.path / "logs" / ledger_id / "vkey"
-        return path.read_text().strip() if path.exists() else None
+        """The log key `tally verify` pinned for ``ledger_id`` (``node.verify.LogState``)."""
+        from node.verify import LogState
+
+        pinned = LogState(self.path, ledger_id).read("vkey")
+        return pinned.decode().strip() if pinned is not None else None
 
     def pinned_ledgers(self) -> list[str]:
         """Every ledger whose log key this home pinned, whichever URL served it."""
-        logs = self.path / "logs"
+        from node.verify import LOGS_DIR
+
+        logs = self.path / LOGS_DIR
         if not logs.is_dir():
             return []
-        return sorted(d.name for d in logs.iterdir() if (d / "vkey").exists())
+        return sorted(d.name for d in logs.iterdir() if self.pinned_log_key(d.name))
 
     def handle_at(self, url: str) -> str | None:
         record = self.ledger_at(url)

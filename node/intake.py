@@ -77,20 +77,24 @@ def parse_transfer_item(obj: Any, where: str) -> TransferItem:
     assert isinstance(msg, Transfer)
     memo = None
     if fields["memo"] is not None:
-        m = check_fields(fields["memo"], MEMO_SPEC, f"{where}.memo")
-        if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
-            raise MessageError(
-                ResultCode.invalid_field, f"memo may be at most {MAX_MEMO_BYTES} bytes"
-            )
-        salt = bytes.fromhex(m["salt"])
-        if msg.memo_hash != memo_hash(salt, m["text"]):
+        memo = parse_memo(fields["memo"], f"{where}.memo")
+        if msg.memo_hash != memo_hash(memo.salt, memo.text):
             raise MessageError(
                 ResultCode.invalid_field,
                 f"{where}.memo does not match the memo_hash the payer signed",
                 f"{where}.memo",
             )
-        memo = Memo(m["text"], salt)
     return TransferItem(signed, memo)
+
+
+def parse_memo(obj: Any, where: str) -> Memo:
+    """A memo ``{"text", "salt"}``, checked strictly (as a transfer's, or a payment's)."""
+    m = check_fields(obj, MEMO_SPEC, where)
+    if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
+        raise MessageError(
+            ResultCode.invalid_field, f"memo may be at most {MAX_MEMO_BYTES} bytes", where
+        )
+    return Memo(m["text"], bytes.fromhex(m["salt"]))
 
 
 def parse_batch(body: bytes, max_batch: int) -> list[TransferItem | MessageError]:

@@ -25,13 +25,12 @@ from node.api import (
     verify_signed,
 )
 from node.federation import MAX_DECISIONS, canonical_body
-from node.intake import MEMO_SPEC, Memo
+from node.intake import Memo, parse_memo
 from node.problems import Problem
 from protocol import version as protocol_version
 from protocol.codes import ResultCode
 from protocol.federation import Line, path_of_keys
 from protocol.messages import (
-    MAX_MEMO_BYTES,
     MessageError,
     Signed,
     check_fields,
@@ -209,11 +208,7 @@ def parse_payment(body: Any) -> tuple[Signed, Memo | None]:
     order = parse_signed(fields["order"], ORDER, "body.order")
     if fields["memo"] is None:
         return order, None
-    m = check_fields(fields["memo"], MEMO_SPEC, "body.memo")
-    if len(m["text"].encode("utf-8")) > MAX_MEMO_BYTES:
-        raise MessageError(ResultCode.invalid_field,
-                           f"a memo may be at most {MAX_MEMO_BYTES} bytes", "body.memo")
-    return order, Memo(m["text"], bytes.fromhex(m["salt"]))
+    return order, parse_memo(fields["memo"], "body.memo")
 
 
 async def post_payment(request: web.Request) -> web.Response:

@@ -72,11 +72,14 @@ def _b64(text: str) -> bytes:
         raise VerificationFailed(f"the node sent a malformed hash or entry ({exc})") from exc
 
 
+LOGS_DIR = "logs"  # in the member's home: one directory per ledger, named by its id
+
+
 class LogState:
     """What the member's home remembers about one ledger's log."""
 
     def __init__(self, home: Path, ledger_id: str) -> None:
-        self.dir = home / "logs" / ledger_id
+        self.dir = home / LOGS_DIR / ledger_id
 
     def read(self, name: str) -> bytes | None:
         path = self.dir / name

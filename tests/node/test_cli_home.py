@@ -30,10 +30,10 @@ from aiohttp.test_utils import TestServer
 
 from crypto.keys import SecretKey, read_key_file
 from node.api import info_document, make_app
-from node.cli import main as cli_main
 from node.client import NodeInfo, TallyClient, transfer_body
 from node.config import ApiSettings, Config, LogSettings
 from node.service import Node, init_data_dir
+from tests.node.test_verify_audit import cli
 
 CONFIG = Config(
     log=LogSettings(checkpoint_delay_ms=100),
@@ -86,20 +86,6 @@ async def covered(served: Served) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("no checkpoint covers the log")
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = await asyncio.to_thread(run_cli, list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def client_json(home: Path) -> dict[str, object]:
